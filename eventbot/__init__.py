@@ -1,0 +1,1 @@
+"""eventbot: the shared core (settings, streams, consumer runtime, CLI)."""

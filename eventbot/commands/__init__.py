@@ -1,0 +1,1 @@
+"""Subcommands of ``eventbot``: each module registers one."""

@@ -1,0 +1,1 @@
+"""The offline demo: the main job on a fresh machine (``./dev demo``)."""

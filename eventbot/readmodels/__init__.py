@@ -1,0 +1,28 @@
+"""Redis read models: how events fold into them, how they are built, and the hot path's reader."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from eventbot.keys import Keys
+from eventbot.readmodels.builder import ReadModelBuilder
+from eventbot.readmodels.fold import Limits
+from eventbot.readmodels.log import ArchiveLog, EventLog, StreamLog
+from eventbot.readmodels.reader import RedisReadModels
+from eventbot.settings import Settings
+from events import EventCodec
+
+
+def limits_for(settings: Settings) -> Limits:
+    return Limits(history_turns=settings.history_turns, recent_ops=settings.recent_ops)
+
+
+def reader_for(redis: Redis, settings: Settings, codec: EventCodec) -> RedisReadModels:
+    """The hot path's reader: Redis only; a lost read model is folded from the streams, never from Postgres."""
+    keys = Keys(settings.namespace, settings.partitions)
+    return RedisReadModels(redis, keys, limits_for(settings), StreamLog(redis, keys, codec))
+
+
+__all__ = [
+    "ArchiveLog", "EventLog", "Limits", "ReadModelBuilder", "RedisReadModels", "StreamLog", "limits_for", "reader_for",
+]
