@@ -1,0 +1,120 @@
+"""The agent process: builds its clients once, runs the consumer, closes them on the way out.
+
+It needs Redis, the Telegram Bot API and Anthropic, and nothing else: no
+DATABASE_URL, no Postgres driver is ever touched on this path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import anthropic
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from eventbot.appender import Appender, AppendMetrics
+from eventbot.connections import redis_client
+from eventbot.keys import Keys
+from eventbot.ledger import Ledger
+from eventbot.consumer import Consumer, ConsumerConfig
+from eventbot.metrics import ConsumerMetrics
+from eventbot.readmodels import Limits, RedisReadModels, StreamLog
+from eventbot.settings import Settings, SettingsError
+from eventbot.views import ReadModels
+from events import default_codec
+from services.agent.answer import Answerer
+from services.agent.billing import Billing
+from services.agent.config import AgentConfig
+from eventbot.files import FileCache, TelegramFiles
+from services.agent.files import CachedFiles, FileSource
+from services.agent.limiter import Limiters
+from services.agent.metrics import AgentMetrics
+from services.agent.pricing import DEFAULT_PRICES, PriceTable
+from services.agent.service import AgentHandler
+from services.agent.sessions import Sessions
+
+log = logging.getLogger("eventbot.agent")
+
+GROUP = "agent"
+
+ReadModelsFactory = Callable[[Redis, Settings], ReadModels]
+
+
+def default_read_models(redis: Redis, settings: Settings) -> ReadModels:
+    # Redis only, with the log as the way to rebuild a missing model: never Postgres.
+    keys = Keys(settings.namespace, settings.partitions)
+    limits = Limits(history_turns=settings.history_turns)
+    return RedisReadModels(redis, keys, limits, StreamLog(redis, keys, default_codec()))
+
+
+async def run_agent(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    stop: asyncio.Event | None = None,
+    config: AgentConfig | None = None,
+    prices: PriceTable = DEFAULT_PRICES,
+    read_models: ReadModelsFactory = default_read_models,
+    consumer_name: str | None = None,
+    started: asyncio.Event | None = None,
+) -> None:
+    """Answer messages until ``stop`` is set (then finish the answers in hand and return)."""
+    for name, value in (("REDIS_URL", settings.redis_url), ("TELEGRAM_BOT_TOKEN", settings.telegram_bot_token),
+                        ("ANTHROPIC_API_KEY", settings.anthropic_api_key)):
+        if not value:
+            raise SettingsError(f"{name} is required by the agent")
+    registry = registry if registry is not None else CollectorRegistry()
+    config = config or AgentConfig.from_settings(settings)
+    stop = stop or asyncio.Event()
+    codec = default_codec()
+    keys = Keys(settings.namespace, settings.partitions)
+    redis = redis_client(settings.redis_url)  # type: ignore[arg-type]
+    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url)) if settings.telegram_api_url else AiohttpSession()
+    bot = Bot(settings.telegram_bot_token, session=session)  # type: ignore[arg-type]
+    # Retries are ours (only before the first token, and measured); the SDK must not add its own.
+    claude = anthropic.AsyncAnthropic(api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, max_retries=0)
+    appender = Appender(
+        redis, keys, codec, dedupe_window_s=settings.dedupe_window_s, tokens_maxlen=settings.tokens_maxlen,
+        metrics=AppendMetrics(registry),
+    )
+    ledger = Ledger(redis, keys, codec, dedupe_window_s=settings.dedupe_window_s, metrics=appender.metrics)
+    try:
+        files: FileSource = CachedFiles(FileCache(
+            redis, settings.namespace, TelegramFiles(bot), max_bytes=config.max_file_bytes, ttl_s=settings.file_cache_ttl_s,
+        ))
+        answerer = Answerer(
+            config=config, redis=redis, keys=keys, codec=codec, appender=appender, read_models=read_models(redis, settings),
+            billing=Billing(ledger, redis, keys, codec, prices),
+            claude=claude, bot=bot, limiters=Limiters(), files=files, metrics=AgentMetrics(registry),
+        )
+        sessions = Sessions(answerer.answer, merge_window_s=config.merge_window_s, on_new_message=config.on_new_message)
+        consumer_config = ConsumerConfig(
+            group=GROUP, mode="concurrent", batch_size=settings.batch_size, block_ms=settings.block_ms,
+            claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries,
+            **({"consumer": consumer_name} if consumer_name else {}),
+        )
+        consumer = Consumer(
+            redis, keys, codec, AgentHandler(sessions), keys.streams("conv"), consumer_config, ConsumerMetrics(registry)
+        )
+        running = asyncio.create_task(consumer.run())
+        if started is not None:
+            asyncio.create_task(_signal_when(consumer.started, started))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        consumer.stop()
+        stopping.cancel()
+        await running
+    finally:
+        await claude.close()
+        await bot.session.close()
+        await redis.aclose()
+
+
+async def _signal_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()

@@ -1,0 +1,151 @@
+"""Per chat (and topic): one generation at a time, merging, superseding, /stop.
+
+The consumer hands every entry over at once (``mode="concurrent"``) and acks it
+when its handler returns, so a message's handler simply waits until an answer
+that included it has ended. Messages that arrive within the merge window are
+answered together. A message arriving while an answer streams either cancels it
+and restarts with both (``cancel``) or waits for it (``queue``). ``/stop``
+cancels the answer in progress and drops messages still waiting to be merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from services.agent.answer import Cancel, Job
+
+log = logging.getLogger("eventbot.agent.sessions")
+
+Answer = Callable[[Sequence[Job], Cancel], Awaitable[bool]]
+
+
+class _Waiting:
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class ChatSession:
+    def __init__(self, answer: Answer, *, merge_window_s: float, on_new_message: str) -> None:
+        self._answer = answer
+        self.merge_window_s = merge_window_s
+        self.on_new_message = on_new_message
+        self._waiting: list[_Waiting] = []
+        self._arrived = asyncio.Event()
+        self._last_arrival = 0.0
+        self._current: tuple[list[_Waiting], Cancel] | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self._runner is None or self._runner.done()
+
+    async def message(self, job: Job) -> None:
+        """Returns once an answer including this message has ended (raises if answering it failed)."""
+        held = [w for w in self._in_hand() if (w.job.stream, w.job.entry_id) == (job.stream, job.entry_id)]
+        if held:
+            waiting = held[0]  # redelivered (a retry of the consumer) while still in hand: wait for the same answer
+        else:
+            waiting = _Waiting(job)
+            self._waiting.append(waiting)
+            self._last_arrival = time.monotonic()
+            self._arrived.set()
+            if self._current is not None and self.on_new_message == "cancel":
+                self._current[1].set("superseded")
+        if self.idle:
+            self._runner = asyncio.create_task(self._run())
+        await asyncio.shield(waiting.done)
+
+    def stop(self, user_id: int | None = None) -> None:
+        """Cancel what ``user_id`` asked for (None: everything); in a group, others' answers go on."""
+        def mine(w: _Waiting) -> bool:
+            return user_id is None or w.job.event.user_id == user_id
+
+        if self._current is not None and any(mine(w) for w in self._current[0]):
+            self._current[1].set("stop")
+        for w in [w for w in self._waiting if mine(w)]:
+            _resolve(w)
+            self._waiting.remove(w)
+
+    def _in_hand(self) -> list[_Waiting]:
+        return self._waiting + (self._current[0] if self._current else [])
+
+    async def _run(self) -> None:
+        while self._waiting:
+            await self._merge_window()
+            batch, self._waiting = self._waiting, []
+            if not batch:
+                continue
+            cancel = Cancel()
+            self._current = (batch, cancel)
+            try:
+                superseded = await self._answer([w.job for w in batch], cancel)
+            except asyncio.CancelledError:
+                for w in batch:
+                    _resolve(w, asyncio.CancelledError())
+                raise
+            except Exception as e:  # noqa: BLE001 - the consumer retries (or dead-letters) the entries
+                log.warning("answer failed: %s", type(e).__name__)
+                for w in batch:
+                    _resolve(w, e)
+                continue
+            finally:
+                self._current = None
+            if superseded:
+                self._waiting = batch + self._waiting  # answered again, together with what superseded it
+            else:
+                for w in batch:
+                    _resolve(w)
+
+    async def _merge_window(self) -> None:
+        """Wait until no message arrived for the merge window (at most five windows in all)."""
+        if self.merge_window_s <= 0:
+            return
+        deadline = time.monotonic() + 5 * self.merge_window_s
+        while True:
+            quiet_until = min(deadline, self._last_arrival + self.merge_window_s)
+            pause = quiet_until - time.monotonic()
+            if pause <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), pause)
+            except asyncio.TimeoutError:
+                return
+
+
+def _resolve(w: _Waiting, error: BaseException | None = None) -> None:
+    if w.done.done():
+        return
+    if error is None:
+        w.done.set_result(None)
+    else:
+        w.done.set_exception(error)
+        w.done.exception()  # retrieved here: a waiter may be gone (stopped) and must not warn
+
+
+class Sessions:
+    """The chat sessions of one agent process; idle ones are dropped."""
+
+    def __init__(self, answer: Answer, *, merge_window_s: float, on_new_message: str) -> None:
+        self._answer = answer
+        self.merge_window_s = merge_window_s
+        self.on_new_message = on_new_message
+        self._by_chat: dict[tuple[int, int | None], ChatSession] = {}
+
+    def get(self, chat_id: int, topic_id: int | None) -> ChatSession:
+        key = (chat_id, topic_id)
+        session = self._by_chat.get(key)
+        if session is None:
+            if len(self._by_chat) > 1000:
+                self._by_chat = {k: s for k, s in self._by_chat.items() if not s.idle}
+            session = self._by_chat[key] = ChatSession(
+                self._answer, merge_window_s=self.merge_window_s, on_new_message=self.on_new_message
+            )
+        return session
+
+    def find(self, chat_id: int, topic_id: int | None) -> ChatSession | None:
+        return self._by_chat.get((chat_id, topic_id))

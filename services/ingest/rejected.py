@@ -1,0 +1,34 @@
+"""Updates that no handler could turn into events, kept aside instead of dropped.
+
+A poison update (a bug, a shape nobody expected) must not stop the bot, and must
+not be lost either: its raw JSON goes to a capped stream an operator can read
+(``<ns>:ingest:rejected``), with the error's type. Only then is it confirmed to
+Telegram; if even that write fails, the update is left with Telegram.
+"""
+
+from __future__ import annotations
+
+from aiogram.types import Update
+from redis.asyncio import Redis
+
+from eventbot.errors import StoreUnavailable
+from eventbot.redisclient import UNAVAILABLE
+
+KEEP = 10_000
+
+
+class RejectedUpdates:
+    def __init__(self, redis: Redis, namespace: str) -> None:
+        self.redis = redis
+        self.stream = f"{namespace}:ingest:rejected"
+
+    async def keep(self, update: Update, error: BaseException) -> None:
+        try:
+            await self.redis.xadd(
+                self.stream,
+                {"update_id": update.update_id, "error": type(error).__name__,
+                 "update": update.model_dump_json(exclude_none=True)},
+                maxlen=KEEP, approximate=True,
+            )
+        except UNAVAILABLE as e:
+            raise StoreUnavailable(f"rejected update {update.update_id} not kept: {type(e).__name__}") from e

@@ -1,0 +1,61 @@
+"""A replay's worker process: the archived events of some streams into the shadow schema.
+
+``python -m services.projector.replay_worker`` with its job as JSON on stdin
+(``conninfo``, ``live``, ``shadow``, ``streams``). It decodes with the default codec
+and writes through the same :class:`PostgresProjection` as the live projector, so
+each chunk commits with its stream's checkpoint; the parent reads progress from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import msgspec
+from psycopg import sql
+
+from eventbot.readmodels.log import archived
+from events import default_codec
+from services.projector.handlers import POSTGRES_GROUP
+from services.projector.pg_pool import open_pool
+from services.projector.pg_projection import PostgresProjection
+
+CHUNK = 10_000
+
+
+class Job(msgspec.Struct, frozen=True):
+    conninfo: str
+    live: str
+    shadow: str
+    streams: list[str]
+
+
+async def project_archive(job: Job, *, streams_at_once: int = 2) -> int:
+    """Returns how many events were applied."""
+    codec = default_codec()
+    pool = await open_pool(job.conninfo, max_size=streams_at_once + 1, name="replay-worker")
+    projection = PostgresProjection(pool, codec, job.shadow, group=POSTGRES_GROUP, durable=False)
+    queue = list(reversed(job.streams))
+    applied = 0
+
+    async def worker() -> None:
+        nonlocal applied
+        while queue:
+            stream = queue.pop()
+            async for chunk, payloads in archived(pool, codec, sql.Identifier(job.live), stream, None, None, CHUNK):
+                applied += await projection.apply(stream, chunk, payloads)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(streams_at_once)))
+    finally:
+        await pool.close()
+    return applied
+
+
+def main() -> None:
+    job = msgspec.json.decode(sys.stdin.buffer.read(), type=Job)
+    asyncio.run(project_archive(job))
+
+
+if __name__ == "__main__":
+    main()
