@@ -1,0 +1,172 @@
+"""The agent under stress: TTFT, /stop, a short balance, model faults. Real clients, both fakes, real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from eventbot.fakes.anthropic import Fault
+from eventbot.fakes.telegram import TgUser
+from events import BalanceCharged, BalanceReleased, BalanceReserved, Usage
+from services.agent.answer import CUT_OFF, STOPPED, TOP_UP
+from services.agent.pricing import DEFAULT_PRICES
+from tests.agent_world import World, forbid_postgres
+
+ADA = TgUser(id=2001, first_name="Ada")
+HAIKU = DEFAULT_PRICES.price("claude-haiku-4-5")
+
+
+@pytest.fixture
+async def world(redis, redis_server_url, keys, codec, appender, ledger, monkeypatch):
+    forbid_postgres(monkeypatch)
+    async with World(redis, redis_server_url, keys, codec, appender, ledger) as w:
+        yield w
+
+
+def of(events: list, cls: type) -> list:
+    return [e for e in events if isinstance(e, cls)]
+
+
+async def test_first_delta_reaches_telegram_before_the_model_produces_the_second(world: World) -> None:
+    shown_before_second: list[str] = []
+
+    async def before_delta(request_index: int, index: int) -> None:
+        if index == 1:
+            # Hold the model until the bot showed something (or give up after 5 s, and the assert fails).
+            try:
+                await world.telegram.wait_for(lambda: bool(world.telegram.drafts(ADA.id)), timeout=5)
+            except TimeoutError:
+                return
+            shown_before_second.append(world.telegram.drafts(ADA.id)[0].text)
+
+    world.claude.before_delta = before_delta
+    await world.credit(ADA, 10**7)
+    await world.start_agent(world.settings(draft_interval_ms=1000))
+    await world.says(ADA, "quick")
+    await world.wait_events(ADA.id, "response.completed")
+    first_delta = world.claude.deltas_of(0)[0].text
+    assert shown_before_second == [first_delta]
+    first_draft = world.telegram.drafts(ADA.id)[0]
+    assert first_draft.at < world.claude.deltas_of(0)[1].produced_at
+
+
+async def test_stop_keeps_the_partial_text_charges_what_was_produced_and_releases_the_rest(world: World) -> None:
+    world.claude.answer_chars, world.claude.delta_chars, world.claude.delta_delay_s = 3000, 20, 0.03
+    await world.credit(ADA, 10**7)
+    await world.start_agent()
+    await world.says(ADA, "tell me a long story")
+    await asyncio.wait_for(_until(lambda: len(world.claude.deltas_of(0)) >= 10), 10)
+    await world.says(ADA, "/stop")
+    [cancelled] = await world.wait_events(ADA.id, "response.cancelled")
+    assert cancelled.reason == "stop"
+    assert 10 * 20 <= len(cancelled.partial_text) < 3000
+    [message] = world.replies(ADA.id)
+    assert message.text == cancelled.partial_text + STOPPED
+    await asyncio.sleep(0.1)
+    ledger = await world.ledger_events(ADA.id)
+    [hold], [charge], [release] = of(ledger, BalanceReserved), of(ledger, BalanceCharged), of(ledger, BalanceReleased)
+    produced = math.ceil(len(cancelled.partial_text) / 4)
+    assert charge.output_tokens == produced and cancelled.usage.output_tokens == produced
+    assert charge.amount == DEFAULT_PRICES.cost("claude-haiku-4-5", cancelled.usage) == cancelled.cost > 0
+    assert charge.hold_settled + release.amount == hold.amount
+    assert (await world.ledger.head(ADA.id)).held == 0
+    assert len(world.claude.deltas_of(0)) < 150  # the stream was cut, not read to the end
+
+
+async def test_a_short_balance_lowers_max_tokens_and_never_overdraws_beyond_the_input_estimate(world: World) -> None:
+    world.claude.answer_chars = 8000  # 2000 tokens wanted, far more than the balance covers
+    await world.credit(ADA, 1_500)  # micro-USD: ~250 Haiku output tokens
+    await world.start_agent()
+    await world.says(ADA, "go on at length")
+    [completed] = await world.wait_events(ADA.id, "response.completed")
+    [started] = await world.wait_events(ADA.id, "response.started")
+    ledger = await world.ledger_events(ADA.id)
+    [hold], [charge] = of(ledger, BalanceReserved), of(ledger, BalanceCharged)
+    assert started.max_tokens < 2048 and completed.stop_reason == "max_tokens"
+    assert completed.usage.output_tokens == started.max_tokens
+    assert hold.amount <= 1_500
+    head = await world.ledger.head(ADA.id)
+    # Output can't exceed what was held; only input beyond the estimate may take the balance below zero.
+    estimated_input_cost = hold.amount - math.ceil(started.max_tokens * HAIKU.output / 1_000_000)
+    actual_input_cost = charge.amount - math.ceil(completed.usage.output_tokens * HAIKU.output / 1_000_000)
+    assert head.balance >= -max(0, actual_input_cost - estimated_input_cost) - 1
+    assert head.held == 0
+
+
+async def test_no_useful_answer_affordable_means_a_top_up_hint_and_no_call(world: World) -> None:
+    await world.credit(ADA, 20)
+    await world.start_agent()
+    await world.says(ADA, "hello?")
+    [failed] = await world.wait_events(ADA.id, "response.failed")
+    assert failed.cause == "insufficient_balance" and not failed.retryable
+    assert [m.text for m in world.replies(ADA.id)] == [TOP_UP]
+    assert world.claude.requests == []
+    assert of(await world.ledger_events(ADA.id), BalanceReserved) == []
+
+
+async def test_529_before_the_first_token_is_retried_and_answered(world: World) -> None:
+    world.claude.fail_next(Fault("http_529"), Fault("http_429"))
+    await world.credit(ADA, 10**7)
+    await world.start_agent()
+    await world.says(ADA, "are you there")
+    [completed] = await world.wait_events(ADA.id, "response.completed")
+    assert len(world.claude.requests) == 3
+    assert [m.text for m in world.replies(ADA.id)] == [completed.text]
+    retries = {s.labels["cause"]: s.value for m in world.registry.collect() if m.name == "bot_model_retries"
+               for s in m.samples if s.name == "bot_model_retries_total"}
+    assert retries == {"overloaded": 1.0, "rate_limited": 1.0}
+    ledger = await world.ledger_events(ADA.id)
+    assert len(of(ledger, BalanceReserved)) == len(of(ledger, BalanceCharged)) == 1
+
+
+async def test_error_mid_stream_ends_with_a_note_and_a_fair_charge(world: World) -> None:
+    world.claude.fail_next(Fault("error_event", after_deltas=4))
+    await world.credit(ADA, 10**7)
+    await world.start_agent()
+    await world.says(ADA, "explain")
+    [failed] = await world.wait_events(ADA.id, "response.failed")
+    assert failed.cause == "overloaded" and failed.retryable
+    partial = "".join(d.text for d in world.claude.deltas_of(0))
+    assert failed.partial_text == partial and len(world.claude.deltas_of(0)) == 4
+    assert [m.text for m in world.replies(ADA.id)] == [partial + CUT_OFF]
+    assert len(world.claude.requests) == 1  # not retried: the user had seen text already
+    await asyncio.sleep(0.1)
+    ledger = await world.ledger_events(ADA.id)
+    [hold], [charge], [release] = of(ledger, BalanceReserved), of(ledger, BalanceCharged), of(ledger, BalanceReleased)
+    assert charge.output_tokens == math.ceil(len(partial) / 4) and charge.input_tokens == failed.usage.input_tokens > 0
+    assert charge.amount == DEFAULT_PRICES.cost("claude-haiku-4-5", failed.usage) == failed.cost
+    assert charge.hold_settled + release.amount == hold.amount
+
+
+async def test_model_failing_before_any_text_tells_the_user_and_releases_the_hold(world: World) -> None:
+    world.claude.fail_next(*[Fault("http_529")] * 4)
+    await world.credit(ADA, 10**7)
+    await world.start_agent()
+    await world.says(ADA, "anyone?")
+    [failed] = await world.wait_events(ADA.id, "response.failed")
+    assert failed.retryable and failed.usage == Usage() and failed.cost == 0
+    assert len(world.claude.requests) == 4  # bounded: the retry policy allows 4 calls
+    ledger = await world.ledger_events(ADA.id)
+    [hold], [release] = of(ledger, BalanceReserved), of(ledger, BalanceReleased)
+    assert release.amount == hold.amount and of(ledger, BalanceCharged) == []
+    assert len(world.replies(ADA.id)) == 1
+
+
+async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+async def test_telegram_flood_control_slows_updates_but_the_answer_arrives_whole(world: World) -> None:
+    world.claude.answer_chars, world.claude.delta_delay_s = 600, 0.01
+    await world.credit(ADA, 10**7)
+    await world.start_agent()
+    world.telegram.flood(retry_after=1, times=3, chat_id=ADA.id)
+    await world.says(ADA, "while Telegram is flooded")
+    [completed] = await world.wait_events(ADA.id, "response.completed", timeout=20)
+    assert [m.text for m in world.replies(ADA.id)] == [completed.text] and len(completed.text) == 600
+    refused = [c for c in world.telegram.calls() if c.status == 429]
+    assert refused  # Telegram did push back, and the final message still came through once
+    assert len(world.telegram.calls("sendMessage")) == 1 + sum(1 for c in refused if c.method == "sendMessage")

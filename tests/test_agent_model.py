@@ -1,0 +1,65 @@
+"""Calling Claude through the real SDK against the fake: retries, progress, warnings."""
+
+from __future__ import annotations
+
+import logging
+
+import anthropic
+import pytest
+
+from eventbot.fakes.anthropic import FakeAnthropic, Fault
+from services.agent.model import ModelError, Progress, RetryPolicy, stream_answer
+
+FAST = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.05)
+
+
+@pytest.fixture
+async def fake():
+    async with FakeAnthropic(answer_chars=100, delta_chars=10) as server:
+        yield server
+
+
+def params(model: str = "claude-haiku-4-5") -> dict:
+    return {"model": model, "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_a_deprecated_model_is_logged_not_raised(fake: FakeAnthropic, caplog: pytest.LogCaptureFixture) -> None:
+    # Warnings are errors in this suite: a warning escaping the SDK call would fail the answer.
+    progress = Progress()
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+        with caplog.at_level(logging.WARNING, "eventbot.agent.model"):
+            await stream_answer(client, params("claude-sonnet-4-5"), progress, lambda d: None, retry=FAST)
+            await stream_answer(client, params("claude-sonnet-4-5"), Progress(), lambda d: None, retry=FAST)
+    assert progress.stop_reason == "end_turn" and len(progress.text) == 100
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "deprecated" in caplog.records[0].getMessage()
+
+
+async def test_retries_are_bounded_and_only_before_the_first_delta(fake: FakeAnthropic) -> None:
+    fake.fail_next(Fault("http_529"), Fault("drop", after_deltas=0), Fault("http_429"))
+    progress, retried = Progress(), []
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+        with pytest.raises(ModelError) as info:
+            await stream_answer(client, params(), progress, lambda d: None, retry=FAST, on_retry=retried.append)
+    assert info.value.retryable and info.value.cause == "rate_limited"
+    assert retried == ["overloaded", "connection"] and progress.attempts == 3 and progress.text == ""
+
+
+async def test_a_drop_after_text_is_not_retried_and_keeps_the_partial(fake: FakeAnthropic) -> None:
+    fake.fail_next(Fault("drop", after_deltas=3))
+    progress, seen = Progress(), []
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+        with pytest.raises(ModelError) as info:
+            await stream_answer(client, params(), progress, seen.append, retry=FAST)
+    assert info.value.cause == "connection" and progress.attempts == 1
+    assert progress.text == "".join(seen) and progress.deltas == 3
+    assert progress.usage.output_tokens == 8 and progress.usage.input_tokens > 0  # 30 chars, estimated
+
+
+async def test_a_bad_request_is_not_retried(fake: FakeAnthropic) -> None:
+    bad = {"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": "x"}]}
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+        with pytest.raises(ModelError) as info:
+            await stream_answer(client, bad, Progress(), lambda d: None, retry=FAST)
+    assert not info.value.retryable and info.value.cause == "invalid_request_error"
+    assert len(fake.requests) == 1

@@ -1,0 +1,121 @@
+"""Per-chat scheduling: one answer at a time, merge window, cancel-and-restart or queue, /stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import pytest
+from uuid import uuid4
+
+from events import MessageReceived, chat_key
+from services.agent.answer import Cancel, Job
+from services.agent.sessions import ChatSession
+
+
+def job(message_id: int, user_id: int = 9) -> Job:
+    event = MessageReceived(
+        event_id=uuid4(), occurred_at=datetime.now(timezone.utc), partition_key=chat_key(1),
+        chat_id=1, update_id=message_id, message_id=message_id, user_id=user_id, chat_type="group", text=f"m{message_id}",
+    )
+    return Job(event, "s", f"{message_id}-0")
+
+
+class Answers:
+    """Records what each answer covered; an answer lasts until released or cancelled."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[int], str | None]] = []
+        self.release = asyncio.Event()
+        self.running = asyncio.Event()
+
+    async def __call__(self, jobs: Sequence[Job], cancel: Cancel) -> bool:
+        ids = [j.event.message_id for j in jobs]
+        self.running.set()
+        waiter = asyncio.create_task(self.release.wait())
+        stopper = asyncio.create_task(cancel.event.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel(), stopper.cancel()
+        self.calls.append((ids, cancel.reason))
+        self.running.clear()
+        return cancel.reason == "superseded"
+
+
+async def test_messages_within_the_window_are_answered_together() -> None:
+    answers = Answers()
+    answers.release.set()
+    session = ChatSession(answers, merge_window_s=0.1, on_new_message="cancel")
+    first = asyncio.create_task(session.message(job(1)))
+    await asyncio.sleep(0.03)
+    second = asyncio.create_task(session.message(job(2)))
+    await asyncio.gather(first, second)
+    assert answers.calls == [([1, 2], None)]
+
+
+async def test_zero_window_answers_at_once() -> None:
+    answers = Answers()
+    answers.release.set()
+    session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
+    await session.message(job(1))
+    await session.message(job(2))
+    assert answers.calls == [([1], None), ([2], None)]
+
+
+async def test_a_new_message_cancels_and_restarts_with_both() -> None:
+    answers = Answers()
+    session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
+    first = asyncio.create_task(session.message(job(1)))
+    await answers.running.wait()
+    second = asyncio.create_task(session.message(job(2)))
+    await asyncio.sleep(0.05)
+    answers.release.set()
+    await asyncio.gather(first, second)
+    assert answers.calls == [([1], "superseded"), ([1, 2], None)]
+
+
+async def test_queue_mode_waits_for_the_answer_in_progress() -> None:
+    answers = Answers()
+    session = ChatSession(answers, merge_window_s=0, on_new_message="queue")
+    first = asyncio.create_task(session.message(job(1)))
+    await answers.running.wait()
+    second = asyncio.create_task(session.message(job(2)))
+    await asyncio.sleep(0.05)
+    assert not first.done()
+    answers.release.set()
+    await asyncio.gather(first, second)
+    assert answers.calls == [([1], None), ([2], None)]
+
+
+async def test_stop_cancels_the_answer_and_its_message_is_done() -> None:
+    answers = Answers()
+    session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
+    first = asyncio.create_task(session.message(job(1)))
+    await answers.running.wait()
+    session.stop()
+    await asyncio.wait_for(first, 1)
+    assert answers.calls == [([1], "stop")]
+
+
+async def test_a_failed_answer_fails_its_messages_for_the_consumer_to_retry() -> None:
+    async def broken(jobs: Sequence[Job], cancel: Cancel) -> bool:
+        raise RuntimeError("boom")
+
+    session = ChatSession(broken, merge_window_s=0, on_new_message="cancel")
+    with pytest.raises(RuntimeError):
+        await session.message(job(1))
+    await asyncio.sleep(0.01)
+    assert session.idle  # nothing left running for a message that will be redelivered
+
+
+async def test_stop_from_someone_else_in_a_group_leaves_the_answer_alone() -> None:
+    answers = Answers()
+    session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
+    first = asyncio.create_task(session.message(job(1, user_id=9)))
+    await answers.running.wait()
+    session.stop(user_id=77)
+    await asyncio.sleep(0.05)
+    assert not first.done()
+    session.stop(user_id=9)
+    await asyncio.wait_for(first, 1)
+    assert answers.calls == [([1], "stop")]

@@ -1,0 +1,106 @@
+"""Process faults: ingest, agent and projector SIGKILLed at random moments under steady chat traffic.
+
+Each service is a real ``eventbot run`` process against a Redis (AOF) and a
+Postgres of the test's own, with the fake Bot API and the fake Claude in the
+test process. Simulated users top up (Stars or an admin's /topup) and chat
+while a seeded schedule kills a random service with SIGKILL and starts it
+again, at least 50 times. Then traffic stops, everything catches up, and the
+claims are checked from outside: every message answered exactly once (one
+terminal response, one final message in Telegram), every event projected once
+(``event_log`` = entries ever appended), money exact (audit verify, one charge
+per response equal to its cost, no hold left), the replay equal to the live
+projection.
+
+The seed is printed; set EVENTBOT_CHAOS_SEED to replay a schedule, and
+EVENTBOT_CHAOS_KILLS to change the number of kills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections import Counter
+
+import pytest
+
+from eventbot.fakes.anthropic import FakeAnthropic
+from eventbot.fakes.telegram import FakeTelegram
+from eventbot.localservices import LocalRedis
+from tests.e2e.checks import verify
+from tests.e2e.system import SERVICES, System
+from tests.e2e.traffic import Traffic
+
+DEFAULT_SEED = 20261122
+DEFAULT_KILLS = 60  # the issue asks for at least 50 across a run
+# Agents hold answers in flight, so they are the likeliest to leave something half done.
+WEIGHTS = {"ingest": 3, "agent": 4, "projector": 3}
+
+
+def chaos_seed() -> int:
+    return int(os.environ.get("EVENTBOT_CHAOS_SEED", DEFAULT_SEED))
+
+
+async def kill_at_random(system: System, rng: random.Random, kills: int, gap_s: tuple[float, float]) -> Counter[str]:
+    """``kills`` SIGKILLs, each of a service drawn by ``WEIGHTS`` after a random pause; each restarted at once.
+
+    The pause counts from the moment the last restarted process serves again: on
+    a loaded 2-core machine a start takes seconds, and kills faster than that
+    would test only the start-up.
+    """
+    done: Counter[str] = Counter()
+    for _ in range(kills):
+        await asyncio.sleep(rng.uniform(*gap_s))
+        name = rng.choices(SERVICES, weights=[WEIGHTS[s] for s in SERVICES])[0]
+        system.ensure_running()
+        await asyncio.to_thread(system.restart, name)
+        done[name] += 1
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.xfail(
+    strict=False,
+    reason="not yet shown passing: a final message can be sent twice when an agent dies between sending it "
+    "and appending the terminal event (Telegram has no idempotent send; the window is now one XADD), and the "
+    "last full run (before the trim-margin fix bfcd858) lost answers to ledger conflicts after takeovers",
+)
+async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, database_url, namespace) -> None:
+    seed = chaos_seed()
+    kills = int(os.environ.get("EVENTBOT_CHAOS_KILLS", DEFAULT_KILLS))
+    print(f"\nchaos seed {seed} (EVENTBOT_CHAOS_SEED={seed} replays this schedule), {kills} kills")
+    rng = random.Random(seed)
+    redis = LocalRedis(tmp_path / "redis", appendfsync="everysec")
+    redis.start()
+    system: System | None = None
+    traffic: Traffic | None = None
+    try:
+        async with FakeTelegram() as tg, FakeAnthropic(answer_chars=500, delta_chars=40, delta_delay_s=0.03) as claude:
+            system = System(redis.url, database_url, namespace, tmp_path, tg, claude)
+            system.start_services()
+            traffic = Traffic(system, users=6, seed=seed)
+            traffic.start()
+            started = time.monotonic()
+            killed = await kill_at_random(system, rng, kills, gap_s=(0.5, 3.0))
+            errors = await traffic.stop()
+            await system.caught_up()
+            report = await verify(system, traffic, errors)
+            report.figures.update(
+                seed=seed, kills=sum(killed.values()), kills_by_service=dict(killed),
+                unexplained_exits=system.exits(), pay_retries=sum(c.pay_retries for c in traffic.conversations),
+                traffic_seconds=round(time.monotonic() - started),
+                model_requests=len(claude.requests),
+            )
+            print("chaos figures:", json.dumps(report.figures, sort_keys=True))
+            assert report.problems == [], "\n".join(report.problems) + "\n" + system.logs()
+            assert sum(killed.values()) == kills
+            assert report.figures["messages"] > kills  # traffic kept flowing between the kills
+    finally:
+        if traffic is not None:
+            traffic.cancel()
+        if system is not None:
+            await system.close()
+        redis.stop()

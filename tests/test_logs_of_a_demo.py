@@ -1,0 +1,34 @@
+"""All logs of a whole demo run, at DEBUG: no token, no API key, no message text."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from eventbot.demo.runner import DEMO_API_KEY
+from eventbot.demo.scenario import TOPICS
+
+TOKEN_SHAPE = re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_demo_run_logs_no_secret_and_no_message_text(redis_server_url: str, database_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "eventbot.cli", "demo", "--users", "2", "--messages", "3", "--log-level", "DEBUG", "--json"],
+        env={"PATH": os.environ["PATH"], "REDIS_URL": redis_server_url, "DATABASE_URL": database_url},
+        capture_output=True, text=True, timeout=280,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    logs = result.stderr
+    assert logs.count("\n") > 20, "the run logged (DEBUG), so the check below looked at something"
+    assert not TOKEN_SHAPE.search(logs)
+    assert DEMO_API_KEY not in logs
+    for topic in TOPICS:
+        assert topic not in logs, f"message text in the logs: {topic!r}"
+    assert "You said:" not in logs, "answer text in the logs"
+    assert "eventbot demo notes" not in logs, "file content in the logs"

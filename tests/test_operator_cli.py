@@ -1,0 +1,107 @@
+"""Operator commands as an operator runs them: doctor, status, dlq."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+from redis.asyncio import Redis
+
+from eventbot.appender import Appender
+from eventbot.consumer import Batch
+from eventbot.keys import Keys
+from eventbot.localservices import LocalRedis, free_port
+from events import EventCodec
+from tests.factories import message
+from tests.test_consumer import Recorder, _zero, eventually, make, pending_total, running
+
+
+def eventbot(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventbot.cli", *args],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_doctor_names_an_unreachable_redis() -> None:
+    result = eventbot("doctor", "--json", env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    [redis] = [c for c in report["checks"] if c["name"] == "redis"]
+    assert redis["level"] == "fail" and "unreachable" in redis["detail"] and redis["fix"]
+
+
+def test_doctor_refuses_an_evicting_memory_policy(tmp_path) -> None:
+    server = LocalRedis(tmp_path / "redis", extra_args=("--maxmemory-policy", "allkeys-lru"))
+    try:
+        result = eventbot("doctor", env={"REDIS_URL": server.start()})
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    assert "allkeys-lru can evict stream keys" in result.stdout
+
+
+def test_doctor_passes_a_sound_redis(tmp_path) -> None:
+    server = LocalRedis(tmp_path / "redis")
+    try:
+        result = eventbot("doctor", "--json", env={"REDIS_URL": server.start()})
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout)["ok"] is True
+
+
+async def test_dlq_retry_redrives_once_to_the_failing_group_only(
+    redis: Redis, redis_server_url: str, namespace: str, keys: Keys, codec: EventCodec, appender: Appender
+) -> None:
+    env = {"REDIS_URL": redis_server_url, "EVENTBOT_NAMESPACE": namespace, "EVENTBOT_PARTITIONS": str(keys.partitions)}
+    event = message(12, "needs a fix")
+    await appender.append(event)
+    fixed = {"yes": False}
+
+    async def broken_until_fixed(batch: Batch) -> None:
+        if not fixed["yes"]:
+            raise RuntimeError("bug in the handler")
+
+    failing, other = Recorder(broken_until_fixed), Recorder()
+    dlq = keys.dead_letters("g", "conv", keys.partition_of("12"))
+    async with running(make(redis, keys, codec, failing, "c", max_deliveries=2)):
+        await eventually(lambda: redis.xlen(dlq))
+    async with running(make(redis, keys, codec, other, "o", group="other")):
+        await eventually(lambda: len(other.calls) == 1)
+
+    listed = json.loads(eventbot("dlq", "list", "--json", env=env).stdout)
+    assert [(x["group"], x["type"]) for x in listed] == [("g", "message.received")]
+    shown = eventbot("dlq", "show", listed[0]["ref"], env=env)
+    assert "bug in the handler" in shown.stdout and str(event.event_id) in shown.stdout
+
+    fixed["yes"] = True
+    retried = eventbot("dlq", "retry", listed[0]["ref"], "--json", env=env)
+    assert retried.returncode == 0
+    new_id = json.loads(retried.stdout)["redriven_as"]
+    stream = keys.stream("conv", keys.partition_of("12"))
+
+    async def other_group_passed(entry_id: str) -> bool:
+        groups = {g["name"].decode(): g for g in await redis.xinfo_groups(stream)}
+        return groups["other"]["last-delivered-id"].decode() == entry_id and groups["other"]["pending"] == 0
+    assert await redis.xlen(dlq) == 0
+    calls_before = len(failing.calls)
+    async with running(make(redis, keys, codec, failing, "c2")), running(make(redis, keys, codec, other, "o2", group="other")):
+        await eventually(lambda: len(failing.calls) == calls_before + 1)
+        await eventually(lambda: _zero(pending_total(redis, keys)))
+        await eventually(lambda: other_group_passed(new_id))
+    assert failing.calls[-1] == str(event.event_id)
+    assert len(failing.applied) == 1
+    assert other.calls == [str(event.event_id)], "the group that applied it does not see the re-drive"
+    assert json.loads(eventbot("dlq", "list", "--json", env=env).stdout) == []
+
+
+def test_status_shows_groups_and_dead_letters(redis_server_url: str, namespace: str) -> None:
+    env = {"REDIS_URL": redis_server_url, "EVENTBOT_NAMESPACE": namespace, "EVENTBOT_PARTITIONS": "2"}
+    result = eventbot("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["namespace"] == namespace and len(status["streams"]) == 6

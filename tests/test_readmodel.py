@@ -1,0 +1,158 @@
+"""Redis read models: read-your-writes, one round trip, cold rebuilds, profiles from any chat."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+
+from eventbot.appender import Appender
+from eventbot.ids import new_event_id
+from eventbot.keys import Keys
+from eventbot.ledger import Ledger
+from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder, RedisReadModels, StreamLog
+from eventbot.readmodels.keys import ReadModelKeys
+from events import EventCodec, ModelChanged, PromptChanged, ThreadCreated, UserSeen, chat_key
+from services.projector.handlers import PostgresHandler, ReadModelHandler
+from services.projector.pg_projection import PostgresProjection
+from services.projector.synthetic import Traffic
+from tests.factories import credit, message, now
+from tests.test_projector_helpers import LIVE, append, consumer, drained, eventually, migrated_pool, running
+
+
+class CountingRedis:
+    """Counts round trips: every pipeline execute and every direct command."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.round_trips = 0
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = self._redis.pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def counted(*a: Any, **k: Any) -> Any:
+            self.round_trips += 1
+            return await execute(*a, **k)
+
+        pipe.execute = counted  # type: ignore[method-assign]
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._redis, name)
+        if callable(attr):
+            async def counted(*a: Any, **k: Any) -> Any:
+                self.round_trips += 1
+                return await attr(*a, **k)
+            return counted
+        return attr
+
+
+def _builder(redis: Redis, keys: Keys, codec: EventCodec) -> ReadModelBuilder:
+    return ReadModelBuilder(redis, keys, Limits(history_turns=5), StreamLog(redis, keys, codec))
+
+
+async def test_a_read_right_after_an_append_sees_it(redis: Redis, keys: Keys, codec: EventCodec, appender: Appender) -> None:
+    reader = RedisReadModels(redis, keys, Limits(history_turns=5))
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        for i in range(20):
+            appended = await appender.append(message(42, f"question {i}"))
+            assert await reader.wait_applied(appended.stream, appended.entry_id, timeout=10)
+            ctx = await reader.context(42, None, 42)
+            assert ctx.history[-1].text == f"question {i}", "the barrier let a stale read through"
+
+
+async def test_wait_applied_times_out_when_nothing_applies(redis: Redis, keys: Keys, appender: Appender) -> None:
+    appended = await appender.append(message(43, "nobody is projecting"))
+    reader = RedisReadModels(redis, keys, Limits())
+    assert not await reader.wait_applied(appended.stream, appended.entry_id, timeout=0.2)
+
+
+async def test_context_is_one_round_trip_and_holds_user_thread_history_files(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, ledger: Ledger
+) -> None:
+    thread = ThreadCreated(event_id=new_event_id(), occurred_at=now(), partition_key=chat_key(-7, 3), chat_id=-7,
+                           topic_id=3, thread_id=new_event_id(), user_id=9, title="plans")
+    seen = UserSeen(event_id=new_event_id(), occurred_at=now(), partition_key=chat_key(-7, 3), chat_id=-7, topic_id=3,
+                    user_id=9, username="nine", first_name="Nina")
+    await append(appender, [seen, thread, message(-7, "hi all", user_id=9, topic_id=3)])
+    await ledger.transact(9, lambda head: [credit(9, 5_000_000)])
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    counting = CountingRedis(redis)
+    reader = RedisReadModels(counting, keys, Limits())  # type: ignore[arg-type]
+    reader._gen = 1
+    ctx = await reader.context(-7, 3, 9)
+    assert counting.round_trips == 1
+    assert (ctx.user.username, ctx.user.first_name, ctx.user.balance) == ("nine", "Nina", 5_000_000)
+    assert ctx.thread is not None and ctx.thread.title == "plans" and ctx.thread.topic_id == 3
+    assert [t.text for t in ctx.history] == ["hi all"]
+    assert ctx.user.recent_ops[-1].amount == 5_000_000
+
+
+async def test_a_profile_change_in_any_chat_wins_by_time(redis: Redis, keys: Keys, codec: EventCodec, appender: Appender) -> None:
+    # User 11 changes model in a group and later in private: partitions differ, the later change wins.
+    base = now()
+    early = ModelChanged(event_id=new_event_id(), occurred_at=base, partition_key=chat_key(-501), chat_id=-501, user_id=11, model="old")
+    late = ModelChanged(event_id=new_event_id(), occurred_at=base + timedelta(seconds=1), partition_key=chat_key(11), chat_id=11,
+                        user_id=11, model="new")
+    prompt = PromptChanged(event_id=new_event_id(), occurred_at=base, partition_key=chat_key(-501), chat_id=-501, user_id=11, prompt="be brief")
+    assert keys.partition_of(early.partition_key) != keys.partition_of(late.partition_key)
+    await append(appender, [late])
+    await append(appender, [early, prompt])  # appended after, but older
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    user = await RedisReadModels(redis, keys, Limits()).user(11)
+    assert user is not None and (user.model, user.prompt) == ("new", "be brief")
+
+
+async def test_a_flushed_read_model_is_rebuilt_from_the_log(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, database_url: str
+) -> None:
+    traffic = Traffic(seed=5, users=5)
+    await append(appender, traffic.events(500))
+    pool = await migrated_pool(database_url)
+    try:
+        log = ArchiveLog(pool, redis, keys, codec, LIVE)
+        builder = ReadModelBuilder(redis, keys, Limits(history_turns=5), log)
+        projector = consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)), "postgres", "pg")
+        async with running(projector, consumer(redis, keys, codec, ReadModelHandler(builder), "readmodel", "rm")):
+            await eventually(lambda: drained(redis, keys, "readmodel"))
+            await eventually(lambda: drained(redis, keys, "postgres"))
+        reader = RedisReadModels(redis, keys, Limits(history_turns=5), log)
+        user = traffic.users[0]
+        warm_user = await reader.user(user)
+        warm_ctx = await reader.context(user, None, user)
+        # Trim the streams to nothing (all archived and acked) and lose every read-model key.
+        for stream in keys.streams("conv") + keys.streams("ledger"):
+            await redis.xtrim(stream, maxlen=0)
+        async for key in redis.scan_iter(match=f"{ReadModelKeys(keys).prefix(1)}*"):
+            await redis.delete(key)
+        await redis.delete(ReadModelKeys(keys).pointer)
+        cold_user = await reader.user(user)
+        cold_ctx = await reader.context(user, None, user)
+        assert cold_user == warm_user and cold_ctx == warm_ctx, "the reader answered from the log"
+        # New traffic: the builder fills the lost generation from the archive, then applies it.
+        more = traffic.events(60)
+        await append(appender, more)
+        async with running(consumer(redis, keys, codec, ReadModelHandler(builder), "readmodel", "rm2")):
+            await eventually(lambda: drained(redis, keys, "readmodel"))
+        for u, head in traffic.heads.items():
+            view = await reader.user(u)
+            assert view is not None and (view.balance, view.held) == (head.balance, head.held)
+    finally:
+        await pool.close()
+
+
+async def test_the_builder_survives_a_script_flush(redis: Redis, keys: Keys, codec: EventCodec, appender: Appender) -> None:
+    builder = _builder(redis, keys, codec)
+    reader = RedisReadModels(redis, keys, Limits(history_turns=5))
+    async with running(consumer(redis, keys, codec, ReadModelHandler(builder), "readmodel", "rm")):
+        first = await appender.append(message(44, "before the flush"))
+        assert await reader.wait_applied(first.stream, first.entry_id, timeout=10)
+        await redis.script_flush()
+        second = await appender.append(message(44, "after the flush"))
+        assert await reader.wait_applied(second.stream, second.entry_id, timeout=10)
+    ctx = await reader.context(44, None, 44)
+    assert [t.text for t in ctx.history] == ["before the flush", "after the flush"]

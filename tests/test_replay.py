@@ -1,0 +1,168 @@
+"""Replay with --verify/--swap while the live projector runs; read-model generations switch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from eventbot.appender import Appender
+from eventbot.cli import main as cli
+from eventbot.keys import Keys
+from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder, RedisReadModels
+from events import EventCodec
+from services.projector.handlers import PostgresHandler, ReadModelHandler
+from services.projector.pg_projection import PostgresProjection
+from services.projector.replay import replay_postgres, replay_redis
+from services.projector.synthetic import Traffic
+from tests.test_projector_contract import Quiet
+from tests.test_projector_helpers import LIVE, append, consumer, drained, dump, eventually, migrated_pool, running
+
+
+async def test_verify_reports_equality_then_names_the_altered_table(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, database_url: str
+) -> None:
+    await append(appender, Traffic(seed=11, users=5).events(400))
+    pool = await migrated_pool(database_url)
+    try:
+        async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)), "postgres", "p")):
+            await eventually(lambda: drained(redis, keys, "postgres"))
+            report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, progress=Quiet)
+            assert report.equal and all(d.equal for d in report.differences)
+            async with pool.connection() as conn:
+                await conn.execute("UPDATE eventbot.responses SET cost = cost + 1"
+                                   " WHERE response_id = (SELECT response_id FROM eventbot.responses ORDER BY 1 LIMIT 1)")
+            report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, progress=Quiet)
+        different = [d for d in report.differences if not d.equal]
+        assert not report.equal and [d.table for d in different] == ["responses"]
+        assert different[0].only_live and different[0].only_live == different[0].only_shadow, "names the row's key"
+    finally:
+        await pool.close()
+
+
+async def test_swap_under_a_running_projector_loses_and_doubles_nothing(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, database_url: str
+) -> None:
+    traffic = Traffic(seed=12, users=6)
+    await append(appender, traffic.events(300))
+    pool = await migrated_pool(database_url)
+    try:
+        async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)),
+                                    "postgres", "p", batch_size=8)):
+            writer = asyncio.create_task(_keep_appending(appender, traffic, rounds=30))
+            report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, swap=True,
+                                           progress=Quiet)
+            await writer
+            await eventually(lambda: drained(redis, keys, "postgres"))
+        assert report.equal and report.swapped and report.previous_schema
+        # After the swap, the live schema is the replayed one and has every event exactly once.
+        async with pool.connection() as conn:
+            total = sum([await redis.xlen(s) for s in keys.streams("conv") + keys.streams("ledger")])
+            n = (await (await conn.execute("SELECT count(*) FROM eventbot.event_log")).fetchone())[0]
+            users = dict(await (await conn.execute("SELECT user_id, balance FROM eventbot.users WHERE balance IS NOT NULL")).fetchall())
+        assert n == total
+        assert users == {u: h.balance for u, h in traffic.heads.items()}
+        # And it equals a clean replay of everything.
+        final = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="again", verify=True, progress=Quiet)
+        assert final.equal
+    finally:
+        await pool.close()
+
+
+async def _keep_appending(appender: Appender, traffic: Traffic, rounds: int) -> None:
+    for _ in range(rounds):
+        await appender.append_many(traffic.turn())
+        await asyncio.sleep(0.01)
+
+
+async def test_replay_redis_switches_generation_under_a_running_builder(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, database_url: str
+) -> None:
+    traffic = Traffic(seed=13, users=5)
+    await append(appender, traffic.events(300))
+    pool = await migrated_pool(database_url)
+    try:
+        log = ArchiveLog(pool, redis, keys, codec, LIVE)
+        builder = ReadModelBuilder(redis, keys, Limits(), log)
+        reader = RedisReadModels(redis, keys, Limits())
+        async with running(consumer(redis, keys, codec, ReadModelHandler(builder), "readmodel", "rm", batch_size=8),
+                           consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)), "postgres", "p")):
+            writer = asyncio.create_task(_keep_appending(appender, traffic, rounds=30))
+            report = await replay_redis(redis, keys, ReadModelBuilder(redis, keys, Limits(), log), log, progress=Quiet, grace_s=0.2)
+            await writer
+            await eventually(lambda: drained(redis, keys, "readmodel"))
+        assert report.generation == 2 and report.deleted_keys > 0
+        for user, head in traffic.heads.items():
+            view = await reader.user(user)
+            assert view is not None and (view.balance, view.held) == (head.balance, head.held)
+            assert view.recent_ops[-1].seq == head.seq
+    finally:
+        await pool.close()
+
+
+def test_cli_replay_postgres_verify_json(redis_server_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str], namespace: str) -> None:
+    from events import default_codec
+
+    async def prepare() -> None:
+        redis = Redis.from_url(redis_server_url)
+        keys = Keys(namespace, 2)
+        codec = default_codec()
+        await append(Appender(redis, keys, codec), Traffic(seed=14, users=3).events(100))
+        pool = await migrated_pool(database_url)
+        projection = PostgresProjection(pool, codec, LIVE)
+        for stream in keys.streams("conv") + keys.streams("ledger"):
+            from tests.test_projector_helpers import stream_entries
+
+            entries = await stream_entries(redis, codec, stream)
+            if entries:
+                await projection.apply(stream, entries)
+        await pool.close()
+        await redis.aclose()
+
+    asyncio.run(prepare())
+    for name, value in {"REDIS_URL": redis_server_url, "DATABASE_URL": _as_url(database_url), "EVENTBOT_NAMESPACE": namespace,
+                        "EVENTBOT_PARTITIONS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        assert cli(["replay", "postgres", "--verify", "--json"]) == 0
+        out, err = capsys.readouterr()
+        summary = json.loads(out)
+        assert summary["equal"] is True and summary["events"] >= 100
+        assert "ev/s" in err and "ETA" in err, "a progress bar on stderr"
+        assert cli(["replay", "redis", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["generation"] == 2
+    finally:
+        async def cleanup() -> None:
+            redis = Redis.from_url(redis_server_url)
+            async for key in redis.scan_iter(match=f"{namespace}:*"):
+                await redis.delete(key)
+            await redis.aclose()
+
+        asyncio.run(cleanup())
+
+
+async def test_dump_helper_sees_differences(database_url: str) -> None:
+    pool = await migrated_pool(database_url, LIVE, "other")
+    try:
+        assert await dump(pool, LIVE) == await dump(pool, "other")
+        async with pool.connection() as conn:
+            await conn.execute("INSERT INTO other.chats (chat_id) VALUES (1)")
+        assert await dump(pool, LIVE) != await dump(pool, "other")
+    finally:
+        await pool.close()
+
+
+def _as_url(conninfo: str) -> str:
+    """The settings want a URL; the fixture gives libpq key=value pairs."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "://" in conninfo:
+        return conninfo
+    d = conninfo_to_dict(conninfo)
+    auth = quote(str(d.get("user", "postgres"))) + (f":{quote(str(d['password']))}" if d.get("password") else "")
+    return f"postgresql://{auth}@{d.get('host', '127.0.0.1')}:{d.get('port', 5432)}/{d['dbname']}"
