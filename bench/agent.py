@@ -1,0 +1,476 @@
+"""Agent hot path: 200 concurrent conversations through a real agent process and both fakes.
+
+    .venv/bin/python -m bench.agent [--conversations 200] [--turns 3] [--think 4] [--private-redis] [--json FILE]
+    .venv/bin/python -m bench.agent --tokens     # token events: one per delta vs batched
+
+The agent and the read-model projector run as processes of their own, as in
+production (the agent without DATABASE_URL), and so does the fake model; this
+process hosts the fake Bot API and the users. Both fakes answer at zero delay. Merge window off. Each
+user reads an answer and writes the next message after a think time (default
+4 s, x0.5-1.5): latency is measured on a loaded but not saturated agent (with
+zero think time every figure is just queueing behind 200 users). Figures:
+
+(a) hot-path overhead: ``message.received`` appended -> the request arrives at the fake model;
+(b) TTFT overhead: the fake model's first delta -> the fake Bot API's first send of that answer;
+(c) Redis round trips per answered message: before the model is called, and in all
+    (counted in the agent process per answer: every command or pipeline sent);
+(d) Postgres connections and queries opened by the agent (must be 0).
+
+Each with its p50/p99 and the raw limit measured in the same run: for (a) three
+sequential Redis round trips plus one bare HTTP POST to the fake model; for (b)
+one bare ``sendMessageDraft`` through aiogram to the fake Bot API. Timestamps
+are ``time.perf_counter()`` (CLOCK_MONOTONIC: comparable across the two processes).
+Uses REDIS_URL or 127.0.0.1:6379 under a namespace of its own, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from prometheus_client import CollectorRegistry
+
+from bench.report import Figure, emit
+from bench.servers import redis_url
+from eventbot.appender import Appender
+from eventbot.connections import redis_client
+from eventbot.redisclient import RedisClient
+from eventbot.consumer import Consumer, ConsumerConfig
+from eventbot.fakes.anthropic import FakeAnthropic
+from eventbot.fakes.telegram import FakeTelegram, TgChat, TgUser
+from eventbot.ids import new_event_id
+from eventbot.keys import Keys
+from eventbot.localservices import LocalRedis
+from eventbot.ledger import Ledger
+from eventbot.metrics import ConsumerMetrics
+from eventbot.readmodels import Limits, ReadModelBuilder, StreamLog
+from events import BalanceCredited, MessageReceived, UserSeen, chat_key, default_codec, user_key
+from services.projector.handlers import READMODEL_GROUP, ReadModelHandler
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 8
+MODEL = "claude-haiku-4-5"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+class Run:
+    def __init__(self, redis: RedisClient, url: str, conversations: int, turns: int) -> None:
+        self.redis = redis
+        self.url = url
+        self.conversations = conversations
+        self.turns = turns
+        self.keys = Keys(f"bench-agent-{uuid.uuid4().hex[:8]}", PARTITIONS)
+        self.codec = default_codec()
+        self.appender = Appender(redis, self.keys, self.codec)
+        self.ledger = Ledger(redis, self.keys, self.codec)
+        self.telegram = FakeTelegram()
+        self.claude = ModelProcess()
+        self.appended_at: dict[str, float] = {}  # the text sent -> when its append returned
+        self.final_sent: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+
+
+    def watch_final_messages(self) -> None:
+        send = self.telegram._send_message
+
+        async def recording(p: dict[str, Any]) -> Any:
+            result = await send(p)
+            self.final_sent[int(p["chat_id"])].set()
+            return result
+
+        self.telegram._send_message = recording  # type: ignore[method-assign]
+
+    def agent_env(self, out: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("EVENTBOT_")}
+        env.update(
+            REDIS_URL=self.url, EVENTBOT_NAMESPACE=self.keys.namespace, EVENTBOT_PARTITIONS=str(PARTITIONS),
+            TELEGRAM_BOT_TOKEN=self.telegram.token, TELEGRAM_API_URL=self.telegram.base_url,
+            ANTHROPIC_API_KEY="bench-key", ANTHROPIC_BASE_URL=self.claude.base_url,
+            EVENTBOT_MODELS=MODEL, EVENTBOT_DEFAULT_MODEL=MODEL, EVENTBOT_MERGE_WINDOW_MS="0",
+            EVENTBOT_LOG_LEVEL="WARNING", BENCH_AGENT_OUT=out,
+        )
+        return env
+
+    async def credit(self, user: TgUser) -> None:
+        event = BalanceCredited(
+            event_id=new_event_id(), occurred_at=datetime.now(timezone.utc), partition_key=user_key(user.id),
+            user_id=user.id, amount=10**8, source="admin", reference="bench",
+        )
+        await self.ledger.transact(user.id, lambda head: [event])
+
+    async def say(self, user: TgUser, text: str, first: bool) -> None:
+        update = self.telegram.send_text(user, text, chat=TgChat.private(user), deliver=False)
+        m = update["message"]
+        common = dict(occurred_at=datetime.now(timezone.utc), partition_key=chat_key(user.id), chat_id=user.id)
+        events: list[Any] = [UserSeen(event_id=new_event_id(), user_id=user.id, first_name=user.first_name, **common)] if first else []
+        events.append(MessageReceived(
+            event_id=new_event_id(), update_id=update["update_id"], message_id=m["message_id"], user_id=user.id,
+            chat_type="private", text=text, **common,
+        ))
+        self.final_sent[user.id].clear()
+        await self.appender.append_many(events)
+        self.appended_at[text] = time.perf_counter()
+        await asyncio.wait_for(self.final_sent[user.id].wait(), 60)
+
+    async def conversation(self, user: TgUser, think_s: float) -> None:
+        rng = random.Random(user.id)
+        # Start spread over one think time, as people do, not all in the same millisecond.
+        await asyncio.sleep(rng.uniform(0, think_s))
+        for turn in range(self.turns):
+            await self.say(user, f"user {user.id} turn {turn}: how do event streams work?", turn == 0)
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * think_s)  # reading the answer, typing the next
+
+    def hot_path(self, records: list[dict[str, Any]]) -> list[float]:
+        return [r["received_at"] - self.appended_at[r["text"]] for r in records if r["text"] in self.appended_at]
+
+    def ttft(self, records: list[dict[str, Any]]) -> list[float]:
+        sends: dict[int, list[float]] = defaultdict(list)
+        for c in self.telegram.calls():
+            if c.ok and c.method in ("sendMessageDraft", "sendMessage", "editMessageText"):
+                sends[int(c.params["chat_id"])].append(c.at)
+        out = []
+        for r in records:
+            if r["text"] not in self.appended_at or r["first_delta_at"] is None:
+                continue
+            chat = int(r["text"].split()[1])
+            after = [t for t in sends[chat] if t >= r["first_delta_at"]]
+            if after:
+                out.append(min(after) - r["first_delta_at"])
+        return out
+
+
+class ModelProcess:
+    """The fake model in a process of its own, so its work doesn't queue behind the users' and the Bot API's."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="bench-agent-model-")
+        self.base_url = ""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> str:
+        url_file = Path(self.dir, "url")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.agent", "--fake-model", self.dir], cwd=ROOT,
+        )
+        for _ in range(400):
+            if url_file.exists() and url_file.read_text():
+                self.base_url = url_file.read_text()
+                return self.base_url
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the fake model process did not start")
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Stop it; every request it saw: last user text, arrival, first delta (perf_counter, system-wide)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        records = json.loads(Path(self.dir, "records.json").read_text())
+        for f in Path(self.dir).iterdir():
+            f.unlink()
+        os.rmdir(self.dir)
+        return records
+
+
+def fake_model(directory: str) -> None:
+    async def serve() -> None:
+        fake = FakeAnthropic(answer_chars=400, delta_chars=20, delta_delay_s=0.0)
+        url = await fake.start()
+        Path(directory, "url").write_text(url)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await fake.stop()
+        first: dict[int, float] = {}
+        for d in fake.deltas:
+            first.setdefault(d.request_index, d.produced_at)
+        records = [
+            {"text": (r.texts() or [""])[-1], "received_at": r.received_at, "first_delta_at": first.get(r.index)}
+            for r in fake.requests
+        ]
+        Path(directory, "records.json").write_text(json.dumps(records))
+
+    asyncio.run(serve())
+
+
+async def raw_limits(run: Run, samples: int = 300) -> tuple[dict[str, float], list[float]]:
+    """(a): 3 sequential Redis round trips + one bare POST to the fake model (start times by request text,
+    matched to arrivals once the model process has stopped); (b): one bare sendMessageDraft."""
+    a: dict[str, float] = {}
+    async with aiohttp.ClientSession() as http:
+        for i in range(samples):
+            body = {"model": MODEL, "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": f"raw {i}"}]}
+            t0 = time.perf_counter()
+            for _ in range(3):
+                await run.redis.ping()
+            async with http.post(f"{run.claude.base_url}/v1/messages", json=body, headers={"x-api-key": "k"}) as resp:
+                await resp.read()
+            a[f"raw {i}"] = t0
+    b: list[float] = []
+    user = TgUser(id=999_999)
+    run.telegram.send_text(user, "raw", deliver=False)
+    bot = Bot(run.telegram.token, session=AiohttpSession(api=run.telegram.api_server()))
+    try:
+        for i in range(samples):
+            t0 = time.perf_counter()
+            await bot.send_message_draft(user.id, 1, text=f"raw {i}")
+            b.append(run.telegram.calls("sendMessageDraft")[-1].at - t0)
+    finally:
+        await bot.session.close()
+    return a, b
+
+
+async def token_events(url: str, answers: int = 200, deltas: int = 50) -> list[Figure]:
+    """One token event per delta vs what accumulated while the previous append was in flight.
+
+    ``answers`` answers stream at once through :class:`TokenSink`, at zero delay and at a
+    model-like 20 ms per delta. Measured: events and appends (round trips) per answer, and
+    how far the token stream trails the answer when it ends (last delta -> all appended).
+    """
+    from services.agent.tokens import TokenSink
+
+    redis = redis_client(url)
+    keys = Keys(f"bench-tokens-{uuid.uuid4().hex[:8]}", PARTITIONS)
+    appender = Appender(redis, keys, default_codec())
+    figures = []
+    try:
+        for delay in (0.0, 0.02):
+            for batch in (False, True):
+                appends = [0]
+                append_many = appender.append_many
+
+                async def counted(events, _inner=append_many):  # type: ignore[no-untyped-def]
+                    appends[0] += 1
+                    return await _inner(events)
+
+                appender.append_many = counted  # type: ignore[method-assign]
+                trail: list[float] = []
+                events = [0]
+
+                async def answer(i: int) -> None:
+                    sink = TokenSink(appender, uuid.uuid4(), chat_key(i), 1, datetime.now(timezone.utc), batch=batch)
+                    for _ in range(deltas):
+                        sink.add("word ")
+                        await asyncio.sleep(delay)
+                    ended = time.perf_counter()
+                    await sink.close()
+                    trail.append(time.perf_counter() - ended)
+                    events[0] += sink.events
+
+                try:
+                    await asyncio.gather(*(answer(i) for i in range(answers)))
+                finally:
+                    appender.append_many = append_many  # type: ignore[method-assign]
+                name = f"tokens {'batched' if batch else 'per delta'}, {delay * 1000:.0f} ms/delta:"
+                figures += [
+                    Figure(f"{name} events per answer", events[0] / answers, "events"),
+                    Figure(f"{name} appends per answer", appends[0] / answers, "round trips"),
+                    Figure(f"{name} trail at the end p99", pct(trail, 99) * 1000, "ms"),
+                ]
+    finally:
+        async for key in redis.scan_iter(match=f"{keys.namespace}:*", count=1000):
+            await redis.delete(key)
+        await redis.aclose()
+    return figures
+
+
+async def main(conversations: int, turns: int, think_s: float, json_path: str | None, private_redis: bool) -> None:
+    logging.getLogger("aiogram").setLevel(logging.WARNING)
+    if private_redis:
+        # A redis-server of this run's own: others' load on a shared one would be measured as ours.
+        server = LocalRedis(Path(tempfile.mkdtemp(prefix="bench-agent-redis-")))
+        try:
+            return await _main(server.start(), conversations, turns, think_s, json_path)
+        finally:
+            server.stop()
+    await _main(redis_url(), conversations, turns, think_s, json_path)
+
+
+async def _main(url: str, conversations: int, turns: int, think_s: float, json_path: str | None) -> None:
+    redis = redis_client(url)  # a blocking pool: 200 users at once queue for connections instead of failing
+    run = Run(redis, url, conversations, turns)
+    await run.telegram.start()
+    await run.claude.start()
+    run.watch_final_messages()
+    users = [TgUser(id=10_000 + i, first_name=f"U{i}") for i in range(conversations + 1)]
+    await asyncio.gather(*(run.credit(u) for u in users))
+    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+    projector = subprocess.Popen([sys.executable, "-m", "bench.agent", "--projector"], cwd=ROOT, env=run.agent_env(""))
+    child = subprocess.Popen([sys.executable, "-m", "bench.agent", "--child"], cwd=ROOT, env=run.agent_env(out))
+    try:
+        await run.conversation(users[-1], 0.0)  # warm-up: imports, connections, caches of the agent process
+        run.telegram._calls.clear(), run.appended_at.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(run.conversation(u, think_s) for u in users[:-1]))
+        elapsed = time.perf_counter() - started
+        raw_a, limit_b = await raw_limits(run)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(60)
+        projector.send_signal(signal.SIGTERM)
+        projector.wait(60)
+        records = run.claude.stop()
+        await run.telegram.stop()
+        async for key in redis.scan_iter(match=f"{run.keys.namespace}:*", count=1000):
+            await redis.delete(key)
+        await redis.aclose()
+    hot, ttft = run.hot_path(records), run.ttft(records)
+    limit_a = [r["received_at"] - raw_a[r["text"]] for r in records if r["text"] in raw_a]
+    counted = json.loads(Path(out).read_text())
+    os.unlink(out)
+    answers = [v for k, v in counted["answers"].items() if not k.startswith(str(users[-1].id))]
+    before = [float(v[1]) for v in answers if v[1] is not None]
+    total = [float(v[0]) for v in answers]
+    ms = 1000.0
+    answered = len(answers)
+    print(f"# {conversations} concurrent conversations x {turns} turns, think time {think_s:g} s (x0.5-1.5): "
+          f"{answered} answers in {elapsed:.1f} s ({answered / elapsed:.0f}/s); fakes at zero delay, merge window off")
+    emit([
+        Figure("agent (a) hot path p50", statistics.median(hot) * ms, "ms", limit=statistics.median(limit_a) * ms),
+        Figure("agent (a) hot path p99", pct(hot, 99) * ms, "ms", target=10, target_kind="max"),
+        Figure("agent (a) raw limit p99 (3 Redis RTs + POST)", pct(limit_a, 99) * ms, "ms"),
+        Figure("agent (b) TTFT overhead p50", statistics.median(ttft) * ms, "ms", limit=statistics.median(limit_b) * ms),
+        Figure("agent (b) TTFT overhead p99", pct(ttft, 99) * ms, "ms", target=5, target_kind="max"),
+        Figure("agent (b) raw limit p99 (bare sendMessageDraft)", pct(limit_b, 99) * ms, "ms"),
+        Figure("agent (c) Redis RTs before the model, p50", statistics.median(before), "round trips", target=3, target_kind="max"),
+        Figure("agent (c) Redis RTs before the model, max", max(before), "round trips"),
+        Figure("agent (c) Redis RTs before the model, mean", statistics.fmean(before), "round trips"),
+        Figure("agent (c) Redis RTs per answer in all, mean", statistics.fmean(total), "round trips"),
+        Figure("agent (d) Postgres connections+queries per answer", counted["postgres"] / max(1, answered), "ops",
+               target=0, target_kind="max"),
+        Figure(f"agent answers/s ({conversations} concurrent conversations)", answered / elapsed, "answers/s"),
+        # What bounds the rest on this machine: CPU the agent process spent per answer (startup included).
+        Figure("agent process CPU per answer", counted["cpu_s"] / max(1, answered) * ms, "ms"),
+    ], json_path)
+
+
+def projector() -> None:
+    """The read-model builder (group ``readmodel``) as its own process, as the projector runs in production."""
+    from eventbot.settings import Settings
+
+    settings = Settings.from_env()
+
+    async def serve() -> None:
+        redis = redis_client(settings.redis_url)  # type: ignore[arg-type]
+        keys, codec = Keys(settings.namespace, settings.partitions), default_codec()
+        builder = ReadModelBuilder(redis, keys, Limits(), StreamLog(redis, keys, codec))
+        consumer = Consumer(
+            redis, keys, codec, ReadModelHandler(builder), keys.streams("conv") + keys.streams("ledger"),
+            ConsumerConfig(group=READMODEL_GROUP, block_ms=1000), ConsumerMetrics(CollectorRegistry()),
+        )
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, consumer.stop)
+        await consumer.run()
+        await redis.aclose()
+
+    asyncio.run(serve())
+
+
+def child() -> None:
+    """The agent process, instrumented: Redis sends per answer (before the model call and in all), Postgres use."""
+    import contextvars
+
+    import psycopg
+    from redis.asyncio.connection import AbstractConnection
+
+    import services.agent.answer as answer_module
+    from eventbot.settings import Settings
+    from services.agent.answer import Answerer
+    from services.agent.main import run_agent
+
+    current: contextvars.ContextVar[str | None] = contextvars.ContextVar("answer", default=None)
+    answers: dict[str, list[Any]] = defaultdict(lambda: [0, None])
+    postgres = [0]
+
+    send = AbstractConnection.send_packed_command
+
+    async def counting_send(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        key = current.get()
+        if key is not None:
+            answers[key][0] += 1
+        return await send(self, command, check_health)
+
+    answer = Answerer.answer
+
+    async def tagged_answer(self, jobs, cancel):  # type: ignore[no-untyped-def]
+        token = current.set(f"{jobs[-1].event.chat_id}:{jobs[-1].event.message_id}")
+        try:
+            return await answer(self, jobs, cancel)
+        finally:
+            current.reset(token)
+
+    stream = answer_module.stream_answer
+
+    async def counted_stream(*args, **kwargs):  # type: ignore[no-untyped-def]
+        key = current.get()
+        if key is not None and answers[key][1] is None:
+            answers[key][1] = answers[key][0]  # round trips sent before the model was called
+        return await stream(*args, **kwargs)
+
+    def counting_connect(original):  # type: ignore[no-untyped-def]
+        def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+            postgres[0] += 1
+            return original(*args, **kwargs)
+        return connect
+
+    AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
+    Answerer.answer = tagged_answer  # type: ignore[method-assign]
+    answer_module.stream_answer = counted_stream  # type: ignore[assignment]
+    psycopg.Connection.connect = classmethod(counting_connect(psycopg.Connection.connect.__func__))  # type: ignore[method-assign]
+    psycopg.AsyncConnection.connect = classmethod(counting_connect(psycopg.AsyncConnection.connect.__func__))  # type: ignore[method-assign]
+    psycopg.AsyncCursor.execute = counting_connect(psycopg.AsyncCursor.execute)  # type: ignore[method-assign]
+
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await run_agent(settings, stop=stop)
+
+    asyncio.run(serve())
+    cpu = os.times().user + os.times().system
+    Path(os.environ["BENCH_AGENT_OUT"]).write_text(json.dumps({"answers": answers, "postgres": postgres[0], "cpu_s": cpu}))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--tokens", action="store_true", help="only compare token events per delta vs batched")
+    parser.add_argument("--private-redis", action="store_true", help="start a redis-server for this run only")
+    parser.add_argument("--think", type=float, default=4.0, help="seconds a user takes between an answer and the next message")
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--projector", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fake-model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.fake_model:
+        fake_model(args.fake_model)
+    elif args.projector:
+        projector()
+    elif args.child:
+        child()
+    elif args.tokens:
+        emit(asyncio.run(token_events(redis_url())), args.json_path)
+    else:
+        asyncio.run(main(args.conversations, args.turns, args.think, args.json_path, args.private_redis))

@@ -1,0 +1,320 @@
+"""Projection throughput: the Postgres projector, the read-model builder and a 1M-event replay.
+
+    .venv/bin/python -m bench.project [--events 200000] [--replay-events 1000000] [--peer-events 20000] [--json FILE]
+
+Each figure stands next to a raw limit measured in the same run on the same rows:
+- the projector (consumer runtime, binary COPY, upserts, checkpoint, XACK) vs raw
+  COPY of the rows the tables end up holding (the archive row of every event and one
+  row per key), built by the projector's own code, written the way it writes them
+  (binary COPY, same types), into the same tables and indexes in one transaction;
+- the read-model builder (consumer runtime, read, fold, checked script write) vs
+  raw pipelined SETs of the same number of values;
+- two peers on the same events, writing the same rows into the same tables: a LIST
+  write-behind queue (RPUSH JSON, a flusher LPOPs 100 and upserts their rows in one
+  transaction, one statement per row in a pipeline; it loses what it popped when the
+  commit fails) and the ``eventsourcing`` library's Postgres tracking recorder (its
+  projection pattern: the rows and the tracking record, one transaction per event).
+Servers come from REDIS_URL / DATABASE_URL (else 127.0.0.1 defaults); the benchmark
+creates its own database and key namespace and removes both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import psycopg
+from prometheus_client import CollectorRegistry
+from psycopg import sql
+from redis.asyncio import Redis
+
+from bench.report import Figure, emit
+from bench.servers import postgres_dsn, redis_url
+from eventbot.appender import Appender
+from eventbot.connections import redis_client
+from eventbot.consumer import Consumer, ConsumerConfig
+from eventbot.keys import Keys
+from eventbot.metrics import ConsumerMetrics
+from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder
+from eventbot.readmodels.positions import Position
+from events import Event, EventCodec, default_codec
+from services.projector.handlers import PostgresHandler, ReadModelHandler
+from services.projector.migrations import load, migrate
+from services.projector.pg_pool import open_pool
+from services.projector.pg_projection import PostgresProjection, copy_rows
+from services.projector.pg_tables import ALL_TABLES, BY_NAME, copy_into_table, merge, upsert_values
+from services.projector.replay import replay_postgres
+from services.projector.synthetic import Traffic
+
+LIVE = "eventbot"
+PARTITIONS = 8
+
+
+def _dsn_for(dsn: str, dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(dsn, dbname=dbname)
+
+
+async def _drain(consumer: Consumer, redis: Redis, streams: list[str], total: int) -> float:
+    """Run ``consumer`` until its group has acked ``total`` entries; seconds taken.
+
+    Progress is read from the consumer's own counter (in process, no Redis round trips
+    competing with the consumer), then checked once against the groups in Redis.
+    """
+    registry = consumer.metrics.processed
+    started = time.perf_counter()
+    task = asyncio.create_task(consumer.run())
+    while sum(s.value for m in registry.collect() for s in m.samples if s.name.endswith("_total")) < total:
+        await asyncio.sleep(0.01)
+    seconds = time.perf_counter() - started
+    consumer.stop()
+    await task
+    acked = 0
+    for stream in streams:
+        for g in await redis.xinfo_groups(stream):
+            if g["name"].decode() == consumer.config.group:
+                acked += int(g["entries-read"] or 0) - int(g["pending"])
+    assert acked >= total, f"{consumer.config.group}: {acked} of {total} acked"
+    return seconds
+
+
+async def bench_projector(redis: Redis, keys: Keys, codec: EventCodec, pool: Any, total: int, batch: int) -> tuple[float, float]:
+    """(projector events/s, raw COPY events/s of the rows it wrote)."""
+    streams = keys.streams("conv") + keys.streams("ledger")
+    consumer = Consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)), streams,
+                        ConsumerConfig(group="postgres", consumer="bench", batch_size=batch, block_ms=50),
+                        ConsumerMetrics(CollectorRegistry()))
+    projected = total / await _drain(consumer, redis, streams, total)
+    # The same rows, straight in: built with the projector's own code (not timed), then written the
+    # way the projector writes them (binary COPY, same types), into the same tables and indexes (timed).
+    async with pool.connection() as conn:
+        await migrate(conn, "rawcopy", load())
+    # One row per key across all streams (what the tables hold at the end).
+    archive: dict[Any, list[Any]] = {}
+    merged: dict[str, dict[Any, dict[str, Any]]] = {}
+    shaper = PostgresProjection(pool, codec, "rawcopy")
+    for stream in streams:
+        entries = [(e[0].decode(), codec.decode(e[1][b"t"].decode(), int(e[1][b"v"]), e[1][b"d"]))
+                   for e in await redis.xrange(stream)]
+        todo = [(Position.parse(eid), eid, ev, None) for eid, ev in entries]
+        logged, patched = shaper._rows(stream, todo)
+        archive.update(logged)
+        for name, by_key in patched.items():
+            into = merged.setdefault(name, {})
+            for key, row in by_key.items():
+                into[key] = merge(BY_NAME[name], into[key], row) if key in into else row
+    rows = {"event_log": list(archive.values())}
+    rows |= {name: [[r.get(c) for c in BY_NAME[name].columns] for r in by_key.values()] for name, by_key in merged.items()}
+    async with pool.connection() as conn:
+        await shaper._prepare(conn)
+    started = time.perf_counter()
+    async with pool.connection() as conn, conn.transaction():
+        for name, table_rows in rows.items():
+            await copy_rows(conn, copy_into_table("rawcopy", BY_NAME[name]).as_string().encode(), shaper._types[name], table_rows)
+    raw = total / (time.perf_counter() - started)
+    return projected, raw
+
+
+async def bench_builder(redis: Redis, keys: Keys, codec: EventCodec, pool: Any, total: int, batch: int) -> tuple[float, float]:
+    """(read-model builder events/s, raw pipelined Redis SETs/s of as many values)."""
+    streams = keys.streams("conv") + keys.streams("ledger")
+    builder = ReadModelBuilder(redis, keys, Limits(), ArchiveLog(pool, redis, keys, codec, LIVE))
+    consumer = Consumer(redis, keys, codec, ReadModelHandler(builder), streams,
+                        ConsumerConfig(group="readmodel", consumer="bench", batch_size=batch, block_ms=50),
+                        ConsumerMetrics(CollectorRegistry()))
+    built = total / await _drain(consumer, redis, streams, total)
+    value = b"x" * 600  # about a read-model value's size
+    started = time.perf_counter()
+    for i in range(0, total, 1000):
+        pipe = redis.pipeline(transaction=False)
+        for j in range(i, min(total, i + 1000)):
+            pipe.set(f"{keys.namespace}:raw:{j}", value)
+        await pipe.execute()
+    raw = total / (time.perf_counter() - started)
+    return built, raw
+
+
+def _shaped(shaper: PostgresProjection, keys: Keys, events: list[tuple[Event, str]], first: int) -> list[tuple[str, list[Any]]]:
+    """The rows these events put in the tables, by the projector's own shaping: (table, values) in table order.
+
+    A write-behind has no stream positions: the archive rows get the event's stream and
+    a running number as their entry id.
+    """
+    by_stream: dict[str, list[Any]] = {}
+    for i, (event, payload) in enumerate(events, start=first):
+        by_stream.setdefault(keys.stream_for(event), []).append((Position(i, 0), f"{i}-0", event, payload))
+    out: dict[str, list[list[Any]]] = {}
+    for stream, todo in by_stream.items():
+        for name, rows in shaper.rows(stream, todo).items():
+            out.setdefault(name, []).extend(rows)
+    return [(t.name, row) for t in ALL_TABLES for row in out.get(t.name, [])]
+
+
+async def bench_write_behind(redis: Redis, keys: Keys, codec: EventCodec, pool: Any, dsn: str, events: list[Event]) -> float:
+    """The pattern this project replaces: RPUSH JSON, a flusher LPOPs 100 and writes them in one transaction.
+
+    It writes what the projector writes for those events (the archive row and the upserted
+    table rows, same tables and indexes), one parameterised statement per row in a pipeline
+    (psycopg's executemany); unlike the projector it keeps no checkpoint, and loses what it
+    popped when the commit fails.
+    """
+    queue = f"{keys.namespace}:wb"
+    for i in range(0, len(events), 1000):
+        await redis.rpush(queue, *(codec.to_json(e) for e in events[i:i + 1000]))
+    async with pool.connection() as conn:
+        await migrate(conn, "writebehind", load())
+    shaper = PostgresProjection(pool, codec, "writebehind")
+    statements = {t.name: upsert_values("writebehind", t).as_string() for t in ALL_TABLES}
+    head = msgspec.json.Decoder(_Head)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        started = time.perf_counter()
+        done = 0
+        while True:
+            popped = await redis.lpop(queue, 100)
+            if not popped:
+                break
+            batch = []
+            for raw in popped:
+                kind = head.decode(raw).type
+                batch.append((codec.from_json(kind, codec.types[kind].version, raw), raw.decode()))
+            rows = _shaped(shaper, keys, batch, done + 1)
+            done += len(batch)
+            async with conn.transaction(), conn.cursor() as cur:
+                for name, group in itertools.groupby(rows, key=lambda r: r[0]):
+                    await cur.executemany(statements[name], [values for _, values in group])
+        return len(events) / (time.perf_counter() - started)
+
+
+class _Head(msgspec.Struct):
+    type: str
+
+
+def bench_eventsourcing(dsn: str, codec: EventCodec, shaper: PostgresProjection, keys: Keys, events: list[Event]) -> float:
+    """``eventsourcing``'s tracking recorder: the event's rows (as the projector shapes them, in the
+    same tables) and the tracking record, one transaction per event."""
+    from eventsourcing.persistence import Tracking
+    from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    statements = {t.name: upsert_values("eventsourcing", t).as_string() for t in ALL_TABLES}
+
+    class EventView(PostgresTrackingRecorder):
+        def __init__(self, datastore: PostgresDatastore) -> None:
+            super().__init__(datastore, tracking_table_name="es_tracking")
+
+        def project(self, event: Event, tracking: Tracking) -> None:
+            rows = _shaped(shaper, keys, [(event, codec.to_json(event).decode())], tracking.notification_id)
+            with self.datastore.transaction(commit=True) as cur:
+                for name, values in rows:
+                    cur.execute(statements[name], values)
+                self._insert_tracking(cur, tracking)
+
+    datastore = PostgresDatastore(
+        dbname=str(info["dbname"]), host=str(info.get("host", "127.0.0.1")), port=str(info.get("port", 5432)),
+        user=str(info.get("user", "postgres")), password=str(info.get("password", "")), pool_size=1,
+    )
+    view = EventView(datastore)
+    view.create_table()
+    started = time.perf_counter()
+    for i, event in enumerate(events, start=1):
+        view.project(event, Tracking(application_name="eventbot", notification_id=i))
+    rate = len(events) / (time.perf_counter() - started)
+    datastore.close()
+    return rate
+
+
+async def bench_replay(redis: Redis, keys: Keys, codec: EventCodec, pool: Any, have: int, want: int) -> tuple[int, float]:
+    """Fill event_log up to ``want`` events (straight through the projection), then time a replay into a shadow."""
+    projection = PostgresProjection(pool, codec, LIVE)
+    traffic = Traffic(seed=99, users=5_000)
+    # History archived from each event's own stream and long since trimmed from Redis, with entry
+    # ids after everything still in Redis (a conv event never sits in a ledger stream, or vice versa).
+    ms = int(time.time() * 1000) + 10_000
+    n = have
+    while n < want:
+        chunk = traffic.events(min(5_000, want - n))
+        by_stream: dict[str, list[tuple[str, Event]]] = {}
+        for i, e in enumerate(chunk):
+            by_stream.setdefault(keys.stream_for(e), []).append((f"{ms + i}-0", e))
+        for stream, entries in by_stream.items():
+            await projection.apply(stream, entries)
+        ms += len(chunk)
+        n += len(chunk)
+
+    class Quiet:
+        def __init__(self, label: str, total: int) -> None:
+            self.done = 0
+
+        def add(self, k: int) -> None:
+            self.done += k
+
+        def finish(self) -> None:
+            pass
+
+    started = time.perf_counter()
+    report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", progress=Quiet)
+    return report.events, time.perf_counter() - started
+
+
+async def main(events_n: int, replay_n: int, peer_n: int, batch: int, json_path: str | None) -> None:
+    codec = default_codec()
+    redis = redis_client(redis_url())
+    keys = Keys(f"bench{uuid.uuid4().hex[:8]}", PARTITIONS)
+    dbname = f"bench_project_{uuid.uuid4().hex[:8]}"
+    admin_dsn = postgres_dsn()
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    dsn = _dsn_for(admin_dsn, dbname)
+    pool = await open_pool(dsn, max_size=8, name="bench")
+    try:
+        async with pool.connection() as conn:
+            await migrate(conn, LIVE, load())
+        print(f"generating {events_n:,} mixed events...", flush=True)
+        events = Traffic(seed=7, users=2_000).events(events_n)
+        appender = Appender(redis, keys, codec)
+        for i in range(0, len(events), 500):
+            await appender.append_many(events[i:i + 500])
+        total = len(events)
+        print("projector...", flush=True)
+        projected, raw_copy = await bench_projector(redis, keys, codec, pool, total, batch)
+        print("read-model builder...", flush=True)
+        built, raw_set = await bench_builder(redis, keys, codec, pool, total, batch)
+        print("peers...", flush=True)
+        peer_events = events[:peer_n]
+        write_behind = await bench_write_behind(redis, keys, codec, pool, dsn, peer_events)
+        async with pool.connection() as conn:
+            await migrate(conn, "eventsourcing", load())
+        library = await asyncio.to_thread(bench_eventsourcing, dsn, codec, PostgresProjection(pool, codec, "eventsourcing"),
+                                          keys, peer_events)
+        print(f"replay of {replay_n:,} events...", flush=True)
+        replayed, replay_s = await bench_replay(redis, keys, codec, pool, total, replay_n)
+        emit([
+            Figure("project.postgres_events_per_s_vs_raw_copy", projected, "events/s", limit=raw_copy, target=0.5, target_kind="min"),
+            Figure("project.postgres_vs_write_behind_list", projected, "events/s", limit=write_behind, target=3, target_kind="min"),
+            Figure("project.postgres_vs_eventsourcing_tracking", projected, "events/s", limit=library, target=3, target_kind="min"),
+            Figure("project.readmodel_events_per_s_vs_raw_pipelined_set", built, "events/s", limit=raw_set),
+            Figure(f"project.replay_{replayed // 1000}k_events_seconds", replay_s, "s", target=40, target_kind="max"),
+            Figure("project.replay_events_per_s", replayed / replay_s, "events/s"),
+        ], json_path)
+    finally:
+        await pool.close()
+        async for key in redis.scan_iter(match=f"{keys.namespace}:*", count=5000):
+            await redis.unlink(key)
+        await redis.aclose()
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--replay-events", type=int, default=1_000_000)
+    parser.add_argument("--peer-events", type=int, default=20_000, help="events fed to each peer (they are slow)")
+    parser.add_argument("--batch", type=int, default=500, help="consumer batch size")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.replay_events, args.peer_events, args.batch, args.json_path))
