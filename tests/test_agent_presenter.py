@@ -110,6 +110,16 @@ async def test_flood_control_slows_drafts_but_the_final_message_arrives(bot: Bot
     assert refused and ok[0].at - refused[0].at >= 0.9  # waited out retry_after before sending again
 
 
+async def test_an_answer_retried_in_the_same_process_sends_its_final_message_once(bot: Bot, telegram: FakeTelegram) -> None:
+    """Redis failed after the final send, so the answer runs again on the chat's same limiter: no second copy."""
+    limiter = ChatLimiter()
+    first = presenter(bot, private=True, limiter=limiter)
+    ids = await first.finish("the whole answer")
+    again = presenter(bot, private=True, limiter=limiter)
+    assert await again.finish("the whole answer") == ids
+    assert telegram.texts(USER.id) == ["the whole answer"]
+
+
 async def test_typing_until_the_first_text(bot: Bot, telegram: FakeTelegram) -> None:
     p = Presenter(bot, ChatLimiter(), Target(chat_id=USER.id, private=True), interval_s=0.05, typing_interval_s=0.02)
     p.start_typing()

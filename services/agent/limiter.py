@@ -7,7 +7,10 @@ interval and skipped while the chat is cooling down (the next update carries
 the newer text anyway), and essential sends (the final message) wait out every
 ``retry_after`` until they get through. A text identical to the last one sent
 to the same target is never sent again (Telegram would answer "message is not
-modified", and it would count against the limit for nothing).
+modified", and it would count against the limit for nothing). An essential send
+repeated with the same text (an answer retried in this process after Redis failed
+under it) gets back what the first one returned: the message already in the chat,
+not a second copy of it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class ChatLimiter:
         self._clock = clock
         self.blocked_until = 0.0
         self.max_retry_wait_s = max_retry_wait_s
-        self._last_text: OrderedDict[Hashable, str] = OrderedDict()
+        # target -> (last text sent to it, what that send returned)
+        self._last_sent: OrderedDict[Hashable, tuple[str, object]] = OrderedDict()
         self.retry_afters = 0
 
     def cooling_down(self) -> float:
@@ -43,7 +47,8 @@ class ChatLimiter:
         return max(0.0, self.blocked_until - self._clock())
 
     def unchanged(self, target: Hashable, text: str) -> bool:
-        return self._last_text.get(target) == text
+        last = self._last_sent.get(target)
+        return last is not None and last[0] == text
 
     async def draft(self, target: Hashable, text: str, send: Callable[[], Awaitable[T]]) -> T:
         """Send an update that a later one may replace; raises :class:`Skipped` if not sent."""
@@ -57,16 +62,20 @@ class ChatLimiter:
             except TelegramRetryAfter as e:
                 self._cool(e.retry_after)
                 raise Skipped from e
-            self._remember(target, text)
+            self._remember(target, text, result)
             return result
 
     async def essential(self, target: Hashable, text: str, send: Callable[[], Awaitable[T]]) -> T | None:
-        """Send until it gets through, waiting out each ``retry_after``; None if the text is unchanged."""
+        """Send until it gets through, waiting out each ``retry_after``.
+
+        If this exact text already went to ``target``, nothing is sent and the
+        earlier send's result is returned.
+        """
         waited = 0.0
         async with self._lock:
             while True:
                 if self.unchanged(target, text):
-                    return None
+                    return self._last_sent[target][1]  # type: ignore[return-value]
                 pause = self.cooling_down()
                 if pause:
                     if waited + pause > self.max_retry_wait_s:
@@ -78,7 +87,7 @@ class ChatLimiter:
                 except TelegramRetryAfter as e:
                     self._cool(e.retry_after)
                     continue
-                self._remember(target, text)
+                self._remember(target, text, result)
                 return result
 
     async def action(self, send: Callable[[], Awaitable[T]]) -> T | None:
@@ -92,17 +101,17 @@ class ChatLimiter:
             return None
 
     def forget(self, target: Hashable) -> None:
-        self._last_text.pop(target, None)
+        self._last_sent.pop(target, None)
 
     def _cool(self, retry_after: float) -> None:
         self.retry_afters += 1
         self.blocked_until = max(self.blocked_until, self._clock() + retry_after)
 
-    def _remember(self, target: Hashable, text: str) -> None:
-        self._last_text[target] = text
-        self._last_text.move_to_end(target)
-        while len(self._last_text) > 64:  # targets of finished answers: old ones are never edited again
-            self._last_text.popitem(last=False)
+    def _remember(self, target: Hashable, text: str, result: object) -> None:
+        self._last_sent[target] = (text, result)
+        self._last_sent.move_to_end(target)
+        while len(self._last_sent) > 64:  # targets of finished answers: old ones are never edited again
+            self._last_sent.popitem(last=False)
 
 
 class Limiters:
