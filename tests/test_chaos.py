@@ -35,6 +35,9 @@ from tests.e2e.traffic import Traffic
 
 DEFAULT_SEED = 20261122
 DEFAULT_KILLS = 60  # the issue asks for at least 50 across a run
+# The test fails on its own clock, inside the event loop, before pytest-timeout's signal
+# (which lands in any frame, can leave tasks that never finish cancelling, and hang the run).
+BUDGET_S = 540
 # Agents hold answers in flight, so they are the likeliest to leave something half done.
 WEIGHTS = {"ingest": 3, "agent": 4, "projector": 3}
 
@@ -78,7 +81,8 @@ async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, da
     system: System | None = None
     traffic: Traffic | None = None
     try:
-        async with FakeTelegram() as tg, FakeAnthropic(answer_chars=500, delta_chars=40, delta_delay_s=0.03) as claude:
+        async with asyncio.timeout(BUDGET_S), FakeTelegram() as tg, \
+                FakeAnthropic(answer_chars=500, delta_chars=40, delta_delay_s=0.03) as claude:
             system = System(redis.url, database_url, namespace, tmp_path, tg, claude)
             system.start_services()
             traffic = Traffic(system, users=6, seed=seed)

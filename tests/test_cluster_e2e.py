@@ -315,7 +315,8 @@ async def test_two_of_each_group_on_a_cluster_with_instances_coming_and_going(
 
     tasks: list[asyncio.Task[None]] = []
     try:
-        async with FakeTelegram() as tg, FakeAnthropic(
+        # Fail on our own clock, in the loop, before pytest-timeout's signal (see test_chaos.BUDGET_S).
+        async with asyncio.timeout(360), FakeTelegram() as tg, FakeAnthropic(
             answer_chars=300, delta_chars=30, delta_delay_s=0.005, before_delta=hold_long_answers,
         ) as claude, aiohttp.ClientSession() as http:
             ingest_ports = [free_port(), free_port()]

@@ -32,6 +32,10 @@ from tests.e2e.traffic import Traffic
 
 SEED = int(os.environ.get("EVENTBOT_CHAOS_SEED", 20261122))
 POSTGRES_OUTAGE_S = 30.0
+# Each test fails on its own clock, inside the event loop, well before pytest-timeout's
+# signal: that one lands in whatever frame runs (a lock holder, a Condition) and can
+# leave tasks that never finish cancelling, hanging the whole run at teardown.
+BUDGET_S = 360
 
 
 @asynccontextmanager
@@ -45,7 +49,7 @@ async def running(
     system: System | None = None
     traffic: Traffic | None = None
     try:
-        async with FakeTelegram() as tg, (claude or FakeAnthropic(answer_chars=500, delta_chars=40, delta_delay_s=0.03)) as model:
+        async with asyncio.timeout(BUDGET_S), FakeTelegram() as tg, (claude or FakeAnthropic(answer_chars=500, delta_chars=40, delta_delay_s=0.03)) as model:
             system = System(redis.url, database_url, namespace, tmp, tg, model, projector_database_url=projector_database_url)
             system.start_services()
             traffic = Traffic(system, users=users, seed=SEED)

@@ -26,6 +26,9 @@ class ProbeWriter:
 
     redis_url: str
     namespace: str
+    # Paced: flat out it shares the test's event loop with the fakes and the users, starving
+    # them, and fills Redis with ~a million entries in minutes.
+    interval_s: float = 0.002
     acked: list[tuple[str, str]] = field(default_factory=list)
     failures: int = 0
 
@@ -51,6 +54,7 @@ class ProbeWriter:
                     await asyncio.sleep(0.05)
             self.acked.append((appended.stream, appended.entry_id))
             n += 1
+            await asyncio.sleep(self.interval_s)
 
     async def stop(self) -> None:
         """Stop writing (idempotent); the client stays open for :meth:`lost`."""
