@@ -8,13 +8,13 @@ the agent process never imports the Postgres driver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
 from eventbot.settings import Settings
+from eventbot.tasks import cancel_and_wait
 
 log = logging.getLogger("eventbot.run")
 
@@ -31,10 +31,10 @@ async def ingest(settings: Settings, registry: CollectorRegistry, stop: asyncio.
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
-    if task not in done:
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    if task in done:
         await task
+    else:
+        await cancel_and_wait(task)
 
 
 async def agent(settings: Settings, registry: CollectorRegistry, stop: asyncio.Event) -> None:

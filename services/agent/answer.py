@@ -12,7 +12,6 @@ the hold is found and reused, and the one charge is made once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from eventbot.errors import TransientError
 from eventbot.ids import derived_id
 from eventbot.keys import Keys
 from eventbot.readmodels.positions import Position
+from eventbot.tasks import cancel_and_wait
 from eventbot.views import ReadModels
 from events import (
     EventCodec,
@@ -253,11 +253,9 @@ class Answerer:
         try:
             await asyncio.wait({streaming, cancelled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (streaming, cancelled):
-                if not task.done():
-                    task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ModelError):
-                await streaming
+            cancelled.cancel()
+            # Our own cancellation (the agent stopping) must get through this wait, not be swallowed by it.
+            await cancel_and_wait(streaming)
             await started
         if cancel.reason is not None and not (streaming.done() and not streaming.cancelled() and streaming.exception() is None):
             return cancel.reason, None

@@ -21,6 +21,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import Message, ReplyParameters
 
+from eventbot.tasks import cancel_and_wait
 from services.agent.formatting import is_entity_error, markdown_to_html
 from services.agent.limiter import ChatLimiter, Skipped
 from services.agent.splitting import TELEGRAM_LIMIT, split_text
@@ -205,9 +206,7 @@ class Presenter:
 
     async def _stop_pump(self) -> None:
         if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+            await cancel_and_wait(self._pump)
             self._pump = None
         if self._flushing is not None:
             flushing, self._flushing = self._flushing, None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from eventbot.appender import Appender
 from eventbot.connections import redis_client
 from eventbot.keys import Keys
+from eventbot.tasks import cancel_and_wait
 from events import default_codec
 from tests import factories
 
@@ -59,9 +60,7 @@ class ProbeWriter:
     async def stop(self) -> None:
         """Stop writing (idempotent); the client stays open for :meth:`lost`."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from eventbot.ledger import Ledger
 from eventbot.localservices import free_port, port_answers
 from eventbot.redisclient import RedisClient
 from eventbot.status import collect
+from eventbot.tasks import cancel_and_wait
 from events import default_codec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,9 +178,7 @@ class System:
         for proc in self.processes.values():
             proc.kill()
         if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
+            await cancel_and_wait(self._watcher)
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
