@@ -25,6 +25,7 @@ from eventbot.redisclient import RedisClient
 from eventbot.status import collect
 from eventbot.tasks import cancel_and_wait
 from events import default_codec
+from services.projector.trimmer import REQUIRED_GROUPS
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("ingest", "agent", "projector")
@@ -201,6 +202,7 @@ class System:
         """Until every group has taken and acked everything appended so far (services restarted if they died)."""
         deadline = time.monotonic() + timeout_s
         quiet = 0
+        missing: list[tuple[str, str]] = []
         while True:
             self.ensure_running()
             try:
@@ -213,8 +215,10 @@ class System:
             ]
             if status is not None and not behind:
                 groups = {(s.stream, g.group) for s in status.streams if s.family != "tokens" for g in s.groups}
-                missing = [(s.stream, grp) for s in status.streams if s.family != "tokens" and s.length
-                           for grp in GROUPS if (s.stream, grp) not in groups]
+                # Each family's own consumers (the agent reads conv only): a group that should
+                # exist and doesn't would leave its entries unconsumed without showing as lag.
+                missing = [(s.stream, grp) for s in status.streams if s.length
+                           for grp in REQUIRED_GROUPS.get(s.family, ()) if (s.stream, grp) not in groups]
                 # Twice in a row: an answer being settled appends after its message was acked.
                 quiet = quiet + 1 if not missing else 0
                 if quiet >= 3:
@@ -223,7 +227,7 @@ class System:
             else:
                 quiet = 0
             if time.monotonic() > deadline:
-                raise TimeoutError(f"still behind after {timeout_s:.0f}s: {behind[:4]}")
+                raise TimeoutError(f"still behind after {timeout_s:.0f}s: {behind[:4]}, groups missing: {missing[:4]}")
             await asyncio.sleep(0.5)
 
     async def entries_added(self) -> int:
