@@ -115,7 +115,10 @@ async def _projection(system: System, rows: list[tuple[str, str, str, dict[str, 
     r.check(len({e for e, _, _, _ in rows}) == len(rows), "event_log has an event twice")
     r.check(len({pos for _, pos, _, _ in rows}) == len(rows), "event_log has a stream entry twice")
     if expect_entries_equal:
-        r.check(len(rows) == added, f"event_log has {len(rows)} events, the conv and ledger streams {added}")
+        archived = {pos for _, pos, _, _ in rows}
+        unarchived = sorted(f"{pos} {t}" for pos, t in system.observer.entries.items() if pos not in archived)
+        r.check(len(rows) == added, f"event_log has {len(rows)} events, the conv and ledger streams {added}; "
+                                    f"seen in Redis, not archived: {unarchived[:12]}")
     terminal = Counter(p["response_id"] for _, _, t, p in rows
                        if t in ("response.completed", "response.cancelled", "response.failed"))
     r.check(all(n == 1 for n in terminal.values()), f"responses ended twice: {[k for k, n in terminal.items() if n > 1][:5]}")

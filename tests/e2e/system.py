@@ -97,6 +97,23 @@ class ServiceProcess:
             return ""
 
 
+class EntryRecordingObserver(Observer):
+    """The demo's observer, also remembering every conv/ledger entry it saw: a finding can then name what is missing."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.entries: dict[str, str] = {}  # "stream/entry id" -> event type
+
+    async def _read(self, stream: str) -> None:
+        if ":tokens:" in stream:
+            return await super()._read(stream)
+        start = self._cursor.get(stream)
+        await super()._read(stream)
+        for raw_id, fields in await self.redis.xrange(stream, min=f"({start}" if start else "-",
+                                                        max=self._cursor.get(stream) or "+"):
+            self.entries[f"{stream}/{raw_id.decode()}"] = fields.get(b"t", b"?").decode()
+
+
 @dataclass
 class System:
     """Fakes here, services as processes, an observer reading every stream (no consumer group)."""
@@ -120,7 +137,7 @@ class System:
         self.codec = default_codec()
         self.redis: RedisClient = redis_client(self.redis_url, max_connections=16)
         self.ledger = Ledger(self.redis, self.keys, self.codec)
-        self.observer = Observer(self.redis, self.keys, self.codec)
+        self.observer = EntryRecordingObserver(self.redis, self.keys, self.codec)
         self.changed = asyncio.Condition()
         self._watcher: asyncio.Task[None] | None = None
         self.watch_errors = 0
