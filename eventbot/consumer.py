@@ -90,6 +90,17 @@ class Stopped(Exception):
     """Raised inside a loop when shutdown interrupts a retry; the entry stays pending."""
 
 
+class EarlierEntriesPending(Exception):
+    """A batch was read while entries before it are still pending in the group.
+
+    Another reader holds them: a consumer that lost its lease in a Redis outage
+    but was still blocked in XREADGROUP, or one that died mid-batch. Applying this
+    batch first would move a checkpoint past them and the projection would then
+    skip them as already applied. The batch stays pending; the loop goes back to
+    recovery, which waits for (or claims) the earlier entries and takes them in order.
+    """
+
+
 class Consumer:
     def __init__(
         self,
@@ -175,8 +186,12 @@ class Consumer:
             self.leases.held.discard(stream)
         acquired, lost, to_release = await self.leases.rebalance(releasable=idle)
         for stream in acquired:
+            # A lease lost and won back while its old loop still finishes a batch: the new
+            # loop starts after it, never beside it (two readers would reorder the partition).
+            previous = self._loops.get(stream)
             stop = asyncio.Event()
-            self._loops[stream] = (asyncio.create_task(self._partition_loop(stream, stop)), stop)
+            task = asyncio.create_task(self._partition_loop(stream, stop, after=previous[0] if previous else None))
+            self._loops[stream] = (task, stop)
         if lost:
             log.warning("consumer %s: lost leases of %s", self.name, sorted(lost))
             for stream in lost:
@@ -193,7 +208,9 @@ class Consumer:
             stop.set()
         await asyncio.gather(*(task for task, _ in entries), return_exceptions=True)
 
-    async def _partition_loop(self, stream: str, stop: asyncio.Event) -> None:
+    async def _partition_loop(self, stream: str, stop: asyncio.Event, after: asyncio.Task[None] | None = None) -> None:
+        if after is not None:
+            await asyncio.wait({after})
         try:
             await self._read_loop(stream, stop)
         finally:
@@ -228,6 +245,12 @@ class Consumer:
                 await self._process(stream, family, partition, entries, counts)
             except Stopped:
                 return
+            except EarlierEntriesPending:
+                self.metrics.out_of_order.labels(self.config.group, stream).inc()
+                log.warning("consumer %s on %s: earlier entries still pending elsewhere; recovering in order",
+                            self.name, stream)
+                cursor = "0"
+                await self._sleep(min(1.0, self.config.claim_idle_ms / 4000))
             except TRANSIENT as e:
                 log.warning("consumer %s on %s: redis unavailable (%s)", self.name, stream, type(e).__name__)
                 cursor = "0"  # after a reconnect, start again from what is pending
@@ -249,6 +272,10 @@ class Consumer:
         summary = await self.redis.xpending(stream, self.config.group)
         others = [c for c in summary.get("consumers", []) if _str(c["name"]) != self.name]
         return not others
+
+    async def _pending_before(self, stream: str, entry_id: str) -> bool:
+        """True if an entry older than ``entry_id`` is still pending in the group (with any consumer)."""
+        return bool(await self.redis.xpending_range(stream, self.config.group, min="-", max=f"({entry_id}", count=1))
 
     async def _delivery_counts(self, stream: str, entries: list) -> dict[str, int]:
         first, last = _str(entries[0][0]), _str(entries[-1][0])
@@ -296,6 +323,8 @@ class Consumer:
                     task = asyncio.create_task(self._handle_released(single), name=stream)
                     self._in_flight[(stream, d.entry_id)] = task
         elif good:
+            if await self._pending_before(stream, good[0].entry_id):
+                raise EarlierEntriesPending(stream)
             batch = Batch(self.config.group, stream, family, partition, tuple(good))
             await self._handle(batch)
         self.metrics.batch_seconds.labels(self.config.group).observe(time.perf_counter() - started)

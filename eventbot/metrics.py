@@ -20,6 +20,10 @@ class ConsumerMetrics:
         self.dead_lettered = Counter(
             "eventbot_consumer_dead_lettered_total", "Entries moved to a dead-letter stream", labels, registry=registry
         )
+        self.out_of_order = Counter(
+            "eventbot_consumer_out_of_order_total",
+            "Batches put back because earlier entries were still pending with another reader", labels, registry=registry,
+        )
         self.unknown = Counter(
             "eventbot_consumer_unknown_total", "Entries of an unknown event type or version", labels, registry=registry
         )

@@ -135,6 +135,28 @@ async def test_dead_consumers_entries_are_claimed_after_idle_threshold(
     assert consumers.get("dead", 0) == 0
 
 
+async def test_a_batch_read_while_an_earlier_entry_is_pending_elsewhere_waits_for_it(
+    redis: Redis, keys: Keys, codec: EventCodec
+) -> None:
+    """Another reader took entry 1 (a consumer whose lease lapsed in an outage, still blocked in
+    XREADGROUP); we read entry 2. Applying 2 first would let a checkpoint pass 1 and skip it for good."""
+    first, second = message(4, "first"), message(4, "second")
+    stream = keys.stream_for(first)
+    recorder = Recorder()
+    consumer = make(redis, keys, codec, recorder, "live")
+    async with running(consumer):
+        await consumer.started.wait()
+        await asyncio.sleep(0.3)  # past its take-over: blocked reading new entries
+        async with redis.pipeline(transaction=True) as tx:  # one step: the other reader gets 1, we get 2
+            tx.xadd(stream, {"t": first.type_name(), "v": first.version, "d": codec.encode(first)})
+            tx.xreadgroup("g", "lapsed", {stream: ">"}, count=1)
+            tx.xadd(stream, {"t": second.type_name(), "v": second.version, "d": codec.encode(second)})
+            await tx.execute()
+        await eventually(lambda: len(set(recorder.calls)) == 2, timeout=10)
+        await eventually(lambda: _zero(pending_total(redis, keys)))
+    assert recorder.calls == [str(first.event_id), str(second.event_id)]
+
+
 async def test_live_slow_consumer_keeps_its_entries(redis: Redis, keys: Keys, codec: EventCodec, appender: Appender) -> None:
     await appender.append_many([message(3, "slow")])
     stream = keys.stream("conv", keys.partition_of("3"))
