@@ -450,7 +450,7 @@ async def test_two_of_each_group_on_a_cluster_with_instances_coming_and_going(
                 finals: dict[int, list[float]] = defaultdict(list)
                 for call in tg.calls("sendMessage"):
                     text = str(call.params.get("text"))
-                    if call.ok and text not in (texts.WELCOME, texts.HELP) and not text.startswith("Thank you!"):
+                    if call.ok and text not in (texts.WELCOME, texts.HELP) and not text.startswith(texts.RECEIPT_OPENING):
                         finals[int(call.params["chat_id"])].append(call.at)
                 partial = {p["response_id"]: bool(p.get("partial_text")) for p in terminal if "partial_text" in p}
                 started_by_message = {(p["chat_id"], m): p["response_id"] for _, _, _, t, p in rows

@@ -55,6 +55,14 @@ REFUND_USAGE = "Usage: /refund <charge id> (the id is in your payment receipt)"
 PROMPT_TOO_LONG = "That prompt is too long (at most {limit} characters)."
 
 
+RECEIPT_OPENING = "Thank you!"
+
+
+def receipt(credit_micro: int, charge_id: str) -> str:
+    """The reply to a Stars payment, once it is credited."""
+    return f"{RECEIPT_OPENING} {usd(credit_micro)} was added to your balance.\nCharge id (for /refund): {charge_id}"
+
+
 def too_large(name: str, limit_bytes: int) -> str:
     return f"{name} is too large: I can read files up to {size(limit_bytes)}."
 

@@ -51,7 +51,10 @@ async def _answers(system: System, traffic: Traffic, r: Report) -> None:
     outcomes = Counter(x.outcome or "missing" for x in exchanges)
     r.figures["outcomes"] = dict(outcomes)
     r.check(outcomes.get("missing", 0) == 0, f"{outcomes.get('missing', 0)} messages never answered")
-    multi = [(x.chat_id, x.message_id) for x in exchanges if len(obs.terminal_outcomes(x.chat_id, x.message_id)) != 1]
+    multi = [(x.chat_id, x.message_id, x.kind, obs.terminal_outcomes(x.chat_id, x.message_id),
+              [(rid[:8], s.message_ids, s.outcome) for rid, s in obs.responses.items()
+               if s.chat_id == x.chat_id and x.message_id in s.message_ids])
+             for x in exchanges if len(obs.terminal_outcomes(x.chat_id, x.message_id)) != 1]
     r.check(not multi, f"messages without exactly one terminal response: {multi[:5]}")
     received = Counter({k: v for k, v in obs.received_count.items() if k[0] in {c.chat_id for c in traffic.conversations}})
     twice = [k for k, n in received.items() if n != 1]
@@ -60,7 +63,10 @@ async def _answers(system: System, traffic: Traffic, r: Report) -> None:
 
     sends = defaultdict(list)
     for call in system.telegram.calls("sendMessage"):
-        if call.ok and call.params.get("text") not in (texts.WELCOME, texts.HELP):
+        text = str(call.params.get("text"))
+        # Replies of ingest, not answers: a payment receipt can land just after the user's first
+        # message (the user chats as soon as the credit shows in the ledger, before the receipt goes out).
+        if call.ok and text not in (texts.WELCOME, texts.HELP) and not text.startswith(texts.RECEIPT_OPENING):
             sends[str(call.params.get("chat_id"))].append((call.at, str(call.params.get("text"))))
     duplicated, missing = [], []
     for conv in traffic.conversations:

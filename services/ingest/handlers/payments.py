@@ -126,8 +126,7 @@ async def paid(message: Message, bot: Bot, origin: Origin, payments: Payments, s
         correlation_id=origin.correlation_id,
     )
     if fresh and issued is not None:
-        await say(message, f"Thank you! {texts.usd(issued.credit)} was added to your balance.\n"
-                           f"Charge id (for /refund): {sp.telegram_payment_charge_id}")
+        await say(message, texts.receipt(issued.credit, sp.telegram_payment_charge_id))
 
 
 async def refund(
