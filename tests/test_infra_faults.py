@@ -88,11 +88,6 @@ async def wait_answers(traffic: Traffic, n: int, timeout_s: float = 120.0) -> No
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known: after a Redis restart the agent dead-letters some answers (AssertionError surfacing from "
-    "the client during the restart is not treated as transient); no acknowledged append was lost",
-)
 @pytest.mark.parametrize("appendfsync", ["everysec", "always"])
 async def test_redis_killed_and_restarted_under_load(tmp_path, database_url, namespace, appendfsync) -> None:
     """kill -9 of redis-server twice under load: what AOF kept of what it acknowledged; services reconnect."""
