@@ -67,9 +67,10 @@ async def kill_at_random(system: System, rng: random.Random, kills: int, gap_s: 
 @pytest.mark.timeout(600)
 @pytest.mark.xfail(
     strict=False,
-    reason="not yet shown passing: a final message can be sent twice when an agent dies between sending it "
-    "and appending the terminal event (Telegram has no idempotent send; the window is now one XADD), and the "
-    "last full run (before the trim-margin fix bfcd858) lost answers to ledger conflicts after takeovers",
+    reason="not reliably held: of the two complete runs today one passed whole (60 kills, 1,246 messages), the other sent "
+    "one final message twice (an agent killed in the milliseconds between Telegram accepting the final message "
+    "and the terminal event's append: the Bot API has no idempotent send) and left one message with other than "
+    "one terminal response (not yet explained; the check now prints the responses it saw)",
 )
 async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, database_url, namespace) -> None:
     seed = chaos_seed()
