@@ -8,6 +8,7 @@ the agent process never imports the Postgres driver.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -50,3 +51,10 @@ async def projector(settings: Settings, registry: CollectorRegistry, stop: async
 
 
 SERVICES: dict[str, Service] = {"ingest": ingest, "agent": agent, "projector": projector}
+MODULES = {"ingest": "services.ingest.main", "agent": "services.agent.main", "projector": "services.projector.main"}
+
+
+def import_services(names: list[str]) -> None:
+    """Import what ``names`` run, and only that (the agent must never load the Postgres driver)."""
+    for name in names:
+        importlib.import_module(MODULES[name])

@@ -17,7 +17,8 @@ from eventbot.localdefaults import local_services
 from eventbot.localservices import ServiceUnavailable
 from eventbot.logs import configure_logging
 from eventbot.redisprobe import RedisProbe
-from eventbot.services import NAMES, SERVICES
+from eventbot.heap import freeze_startup_heap
+from eventbot.services import NAMES, SERVICES, import_services
 from eventbot.settings import Settings
 
 log = logging.getLogger("eventbot.run")
@@ -48,6 +49,8 @@ async def run_services(settings: Settings, names: list[str], stop: asyncio.Event
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    import_services(names)
+    freeze_startup_heap()
     redis = redis_client(settings.redis_url or "", max_connections=4)
     probe_registry = CollectorRegistry()
     probe = RedisProbe(redis, probe_registry)
