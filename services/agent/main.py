@@ -12,11 +12,10 @@ from collections.abc import Callable
 
 import anthropic
 from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from eventbot.telegram import BotSession
 from eventbot.appender import Appender, AppendMetrics
 from eventbot.connections import redis_client
 from eventbot.keys import Keys
@@ -74,7 +73,7 @@ async def run_agent(
     codec = default_codec()
     keys = Keys(settings.namespace, settings.partitions)
     redis = redis_client(settings.redis_url)  # type: ignore[arg-type]
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url)) if settings.telegram_api_url else AiohttpSession()
+    session = BotSession(settings.telegram_api_url)
     bot = Bot(settings.telegram_bot_token, session=session)  # type: ignore[arg-type]
     # Retries are ours (only before the first token, and measured); the SDK must not add its own.
     claude = anthropic.AsyncAnthropic(api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, max_retries=0)

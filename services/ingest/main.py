@@ -16,13 +16,12 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from aiogram import Bot, Dispatcher
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from eventbot.telegram import BotSession
 from eventbot.appender import AppendMetrics, Appender
 from eventbot.connections import DEFAULT_REDIS_URL, redis_client
 from eventbot.readmodels import reader_for
@@ -59,8 +58,7 @@ async def until_telegram_answers(call: Callable[[], Awaitable[T]], *, cap_s: flo
 def make_bot(settings: Settings) -> Bot:
     if not settings.telegram_bot_token:
         raise SettingsError("TELEGRAM_BOT_TOKEN is required to run ingest")
-    session = (AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-               if settings.telegram_api_url else AiohttpSession())
+    session = BotSession(settings.telegram_api_url)
     return Bot(settings.telegram_bot_token, session=session)
 
 
