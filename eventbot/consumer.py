@@ -226,13 +226,17 @@ class Consumer:
                     await self._sleep(min(1.0, self.config.claim_idle_ms / 4000))
                     continue
                 recovering = cursor != ">"
-                reply = await self.redis.xreadgroup(
-                    self.config.group,
-                    self.name,
-                    {stream: cursor},
-                    count=self.config.batch_size,
-                    block=None if recovering else self.config.block_ms,
-                )
+                earliest: str | None = None
+                if recovering or self.config.mode == "concurrent":
+                    reply = await self.redis.xreadgroup(
+                        self.config.group,
+                        self.name,
+                        {stream: cursor},
+                        count=self.config.batch_size,
+                        block=None if recovering else self.config.block_ms,
+                    )
+                else:
+                    reply, earliest = await self._read_new_in_order(stream)
                 entries = reply[0][1] if reply else []
                 if recovering and not entries:
                     cursor = ">"
@@ -241,6 +245,8 @@ class Consumer:
                     continue
                 if recovering:
                     cursor = _str(entries[-1][0])
+                    earliest = await self._earliest_pending(stream)
+                self._check_in_order(stream, entries, earliest)
                 counts = await self._delivery_counts(stream, entries) if recovering else {}
                 await self._process(stream, family, partition, entries, counts)
             except Stopped:
@@ -264,6 +270,7 @@ class Consumer:
                 stream, self.config.group, self.name, self.config.claim_idle_ms, start, count=self.config.batch_size
             )
             if entries:
+                self._check_in_order(stream, entries, await self._earliest_pending(stream))
                 counts = await self._delivery_counts(stream, entries)
                 await self._process(stream, family, partition, entries, counts)
             start = _str(cursor)
@@ -273,9 +280,27 @@ class Consumer:
         others = [c for c in summary.get("consumers", []) if _str(c["name"]) != self.name]
         return not others
 
-    async def _pending_before(self, stream: str, entry_id: str) -> bool:
-        """True if an entry older than ``entry_id`` is still pending in the group (with any consumer)."""
-        return bool(await self.redis.xpending_range(stream, self.config.group, min="-", max=f"({entry_id}", count=1))
+    async def _read_new_in_order(self, stream: str) -> tuple[list, str | None]:
+        """New entries, and the oldest entry then pending in the group (with any consumer).
+
+        One round trip: Redis answers the XPENDING queued behind a blocked
+        XREADGROUP once the read returns, so it sees the batch just read.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xreadgroup(self.config.group, self.name, {stream: ">"}, count=self.config.batch_size, block=self.config.block_ms)
+        pipe.xpending(stream, self.config.group)
+        reply, summary = await pipe.execute()
+        return reply, _summary_min(summary)
+
+    async def _earliest_pending(self, stream: str) -> str | None:
+        if self.config.mode == "concurrent":
+            return None  # entries are handled out of order by design
+        return _summary_min(await self.redis.xpending(stream, self.config.group))
+
+    def _check_in_order(self, stream: str, entries: list, earliest: str | None) -> None:
+        """In partition mode a batch is applied only when nothing before it is pending."""
+        if earliest is not None and _entry_order(earliest) < _entry_order(_str(entries[0][0])):
+            raise EarlierEntriesPending(stream)
 
     async def _delivery_counts(self, stream: str, entries: list) -> dict[str, int]:
         first, last = _str(entries[0][0]), _str(entries[-1][0])
@@ -323,8 +348,6 @@ class Consumer:
                     task = asyncio.create_task(self._handle_released(single), name=stream)
                     self._in_flight[(stream, d.entry_id)] = task
         elif good:
-            if await self._pending_before(stream, good[0].entry_id):
-                raise EarlierEntriesPending(stream)
             batch = Batch(self.config.group, stream, family, partition, tuple(good))
             await self._handle(batch)
         self.metrics.batch_seconds.labels(self.config.group).observe(time.perf_counter() - started)
@@ -475,6 +498,18 @@ class Consumer:
             except TRANSIENT:
                 failures += 1
                 await self._backoff(failures)
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _summary_min(summary: dict) -> str | None:
+    """The oldest pending entry id from an XPENDING summary (None: nothing pending)."""
+    if not summary or not summary.get("pending"):
+        return None
+    return _str(summary["min"])
 
 
 def _str(value: bytes | str) -> str:
