@@ -89,6 +89,10 @@ class ReadModels(Protocol):
         """User, current thread, its recent history and files: one Redis round trip."""
         ...
 
+    async def context_after(self, entry_id: str, chat_id: int, topic_id: int | None, user_id: int, timeout: float) -> Context | None:
+        """:meth:`context` once the chat's stream is applied through ``entry_id`` (None: not within ``timeout``)."""
+        ...
+
     async def response(self, response_id: UUID, partition_key: str) -> ResponseView | None: ...
 
     async def wait_applied(self, stream: str, entry_id: str, timeout: float) -> bool:

@@ -63,6 +63,31 @@ async def test_a_read_right_after_an_append_sees_it(redis: Redis, keys: Keys, co
             assert ctx.history[-1].text == f"question {i}", "the barrier let a stale read through"
 
 
+async def test_a_context_read_after_an_append_sees_it_in_one_round_trip_once_applied(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender
+) -> None:
+    reader = RedisReadModels(redis, keys, Limits(history_turns=5))
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        for i in range(20):
+            appended = await appender.append(message(45, f"question {i}"))
+            ctx = await reader.context_after(appended.entry_id, 45, None, 45, timeout=10)
+            assert ctx is not None and ctx.history[-1].text == f"question {i}", "the barrier let a stale read through"
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    counting = CountingRedis(redis)
+    counted = RedisReadModels(counting, keys, Limits(history_turns=5))  # type: ignore[arg-type]
+    counted._gen = 1
+    assert await counted.context_after(appended.entry_id, 45, None, 45, timeout=10) is not None
+    assert counting.round_trips == 1, "an applied barrier must cost no round trip of its own"
+
+
+async def test_a_context_read_after_an_unapplied_append_gives_up_at_its_timeout(
+    redis: Redis, keys: Keys, appender: Appender
+) -> None:
+    appended = await appender.append(message(46, "nobody is projecting"))
+    reader = RedisReadModels(redis, keys, Limits())
+    assert await reader.context_after(appended.entry_id, 46, None, 46, timeout=0.2) is None
+
+
 async def test_wait_applied_times_out_when_nothing_applies(redis: Redis, keys: Keys, appender: Appender) -> None:
     appended = await appender.append(message(43, "nobody is projecting"))
     reader = RedisReadModels(redis, keys, Limits())

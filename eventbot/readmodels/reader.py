@@ -45,14 +45,42 @@ class RedisReadModels:
 
     async def context(self, chat_id: int, topic_id: int | None, user_id: int) -> Context:
         """User, current thread, its recent history and files: one Redis round trip."""
+        return await self._context(chat_id, topic_id, user_id, await self._read_context(chat_id, topic_id, user_id))
+
+    async def context_after(self, entry_id: str, chat_id: int, topic_id: int | None, user_id: int, timeout: float) -> Context | None:
+        """The context once the chat's stream is applied through ``entry_id``; None if not within ``timeout``.
+
+        The position is read with the context itself, so when the builder is
+        already there (the usual case) this is one round trip, barrier included.
+        """
+        wanted = Position.parse(entry_id)
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            replies = await self._read_context(chat_id, topic_id, user_id)
+            applied = replies[-1]
+            if applied is not None and Position.parse(applied.decode()) >= wanted:
+                return await self._context(chat_id, topic_id, user_id, replies)
+            if time.monotonic() >= deadline:
+                return None
+            # The builder is a batch away: poll briefly.
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.02)
+
+    async def _read_context(self, chat_id: int, topic_id: int | None, user_id: int) -> list[Any]:
         pk = chat_key(chat_id, topic_id)
+        p = self.keys.partition_of(pk)
 
         def queue(g: int, pipe: Any) -> None:
             self._queue_user(g, pipe, user_id)
             pipe.get(self.rm.chat(g, pk))
-            pipe.hget(self.rm.position(g, self.keys.partition_of(pk)), self.keys.stream("conv", self.keys.partition_of(pk)))
+            pipe.hget(self.rm.position(g, p), self.keys.stream("conv", p))
 
-        ledger_raw, profile_raw, user_applied, chat_raw, chat_applied = await self._read(queue)
+        return await self._read(queue)
+
+    async def _context(self, chat_id: int, topic_id: int | None, user_id: int, replies: list[Any]) -> Context:
+        pk = chat_key(chat_id, topic_id)
+        ledger_raw, profile_raw, user_applied, chat_raw, chat_applied = replies
         user = await self._user(user_id, ledger_raw, profile_raw, user_applied) or UserView(user_id=user_id)
         chat: ChatState | None = codec.decode(("chat",), chat_raw)
         if chat is None and chat_applied is None and self.log is not None:

@@ -154,11 +154,10 @@ class Answerer:
         # The request needs everything *before* the answered messages (they come from
         # the events themselves): waiting for the entry just before the first one is
         # exact, and usually true at once, while the builder is still applying them.
-        first = jobs[0]
-        before = str(Position.parse(first.entry_id).previous())
-        if not await self.read_models.wait_applied(first.stream, before, config.wait_applied_timeout_s):
+        before = str(Position.parse(jobs[0].entry_id).previous())
+        context = await self.read_models.context_after(before, last.chat_id, last.topic_id, last.user_id, config.wait_applied_timeout_s)
+        if context is None:
             raise TransientError("read model has not reached the message yet")
-        context = await self.read_models.context(last.chat_id, last.topic_id, last.user_id)
         request = await build_request(
             context, [j.event for j in jobs], models=config.models, default_model=config.default_model,
             history_turns=config.history_turns, files=self.files,
