@@ -46,6 +46,7 @@ class Presenter:
         *,
         interval_s: float,
         typing_interval_s: float = 4.5,
+        typing_grace_s: float = 0.25,
         limit: int = TELEGRAM_LIMIT,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -54,6 +55,7 @@ class Presenter:
         self.target = target
         self.interval_s = interval_s
         self.typing_interval_s = typing_interval_s
+        self.typing_grace_s = typing_grace_s
         self.limit = limit
         self.clock = clock
         self.first_sent_at: float | None = None
@@ -75,10 +77,13 @@ class Presenter:
     def update(self, text: str) -> None:
         """The answer so far; shown at once if nothing was shown yet, else at the next interval."""
         self._text = text
-        self._changed.set()
         if self._pump is None:
             self._stop_typing()
-            self._pump = asyncio.create_task(self._pump_loop())
+            # The first text is the user's time to first token: flush it now, not a pump cycle later.
+            self._flushing = asyncio.create_task(self._flush())
+            self._pump = asyncio.create_task(self._pump_loop(self._flushing))
+        else:
+            self._changed.set()
 
     async def finish(self, text: str) -> tuple[int, ...]:
         """Send the final text as real message(s); returns their Telegram ids, in order."""
@@ -104,8 +109,16 @@ class Presenter:
 
     # -- internals -----------------------------------------------------------
 
-    async def _pump_loop(self) -> None:
+    async def _pump_loop(self, first: asyncio.Task[None]) -> None:
+        flushing = first
         while True:
+            try:
+                await asyncio.shield(flushing)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an update is best effort; finish() reports real failures
+                log.warning("draft update to chat failed: %s", type(e).__name__)
+                self._next_at = self.clock() + self.interval_s
             await self._changed.wait()
             self._changed.clear()
             pause = max(self._next_at - self.clock(), self.limiter.cooling_down())
@@ -113,14 +126,7 @@ class Presenter:
                 await asyncio.sleep(pause)  # more text may arrive meanwhile: it goes out together
             # Its own task, so stopping the pump never cuts a send in half (a message
             # sent but not recorded would be sent again by finish()).
-            self._flushing = asyncio.create_task(self._flush())
-            try:
-                await asyncio.shield(self._flushing)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - an update is best effort; finish() reports real failures
-                log.warning("draft update to chat failed: %s", type(e).__name__)
-                self._next_at = self.clock() + self.interval_s
+            flushing = self._flushing = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
         chunks = split_text(self._text, self.limit)
@@ -199,6 +205,8 @@ class Presenter:
 
     async def _typing_loop(self) -> None:
         t = self.target
+        # When the first words come sooner than this, "typing…" would only flash: don't send it.
+        await asyncio.sleep(self.typing_grace_s)
         while True:
             with contextlib.suppress(TelegramBadRequest):
                 await self.limiter.action(lambda: self.bot.send_chat_action(t.chat_id, "typing", message_thread_id=t.topic_id))
