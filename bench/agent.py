@@ -160,6 +160,33 @@ class Run:
         return out
 
 
+    STAGES = (
+        ("delivered to the agent", "appended", "entered"),
+        ("context read, read model caught up", "entered", "context_after"),
+        ("request built, hold placed", "context_after", "hold"),
+        ("hold -> model called", "hold", "model_called"),
+        ("model called -> request arrives", "model_called", "arrived"),
+    )
+
+    def breakdown(self, stages: dict[str, dict[str, float]], records: list[dict[str, Any]]) -> list[Figure]:
+        """(a) split into its stages, p50/p99 of each (ms): where the hot path's time goes."""
+        arrived = {r["text"]: r["received_at"] for r in records}
+        spans: dict[str, list[float]] = defaultdict(list)
+        for text, marks in stages.items():
+            if text not in self.appended_at or text not in arrived:
+                continue
+            marks = {**marks, "appended": self.appended_at[text], "arrived": arrived[text]}
+            for name, start, end in self.STAGES:
+                if start in marks and end in marks:
+                    spans[name].append(marks[end] - marks[start])
+        figures = []
+        for name, _, _ in self.STAGES:
+            if spans[name]:
+                figures.append(Figure(f"agent (a) stage: {name}, p50", statistics.median(spans[name]) * 1000, "ms"))
+                figures.append(Figure(f"agent (a) stage: {name}, p99", pct(spans[name], 99) * 1000, "ms"))
+        return figures
+
+
 class ModelProcess:
     """The fake model in a process of its own, so its work doesn't queue behind the users' and the Bot API's."""
 
@@ -343,6 +370,12 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
     total = [float(v[0]) for v in answers]
     ms = 1000.0
     answered = len(answers)
+    breakdown = run.breakdown(counted["stages"], records)
+    pauses = counted.get("gc", [])
+    for gen in (0, 1, 2):
+        mine = [d for g, d in pauses if g == gen]
+        if mine:
+            print(f"# agent gc gen{gen}: {len(mine)} collections, max {max(mine) * 1000:.1f} ms, total {sum(mine) * 1000:.0f} ms")
     print(f"# {conversations} concurrent conversations x {turns} turns, think time {think_s:g} s (x0.5-1.5): "
           f"{answered} answers in {elapsed:.1f} s ({answered / elapsed:.0f}/s); fakes at zero delay, merge window off")
     emit([
@@ -359,6 +392,7 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         Figure("agent (d) Postgres connections+queries per answer", counted["postgres"] / max(1, answered), "ops",
                target=0, target_kind="max"),
         Figure(f"agent answers/s ({conversations} concurrent conversations)", answered / elapsed, "answers/s"),
+        *breakdown,
         # What bounds the rest on this machine: CPU the agent process spent per answer (startup included).
         Figure("agent process CPU per answer", counted["cpu_s"] / max(1, answered) * ms, "ms"),
     ], json_path)
@@ -393,13 +427,32 @@ def child() -> None:
     from redis.asyncio.connection import AbstractConnection
 
     import services.agent.answer as answer_module
+    from eventbot.heap import freeze_startup_heap
     from eventbot.settings import Settings
     from services.agent.answer import Answerer
     from services.agent.main import run_agent
 
     current: contextvars.ContextVar[str | None] = contextvars.ContextVar("answer", default=None)
     answers: dict[str, list[Any]] = defaultdict(lambda: [0, None])
+    # Where the hot path's time goes, per answered text: perf_counter at each stage's end.
+    stages: dict[str, dict[str, float]] = defaultdict(dict)
+    text_of: contextvars.ContextVar[str | None] = contextvars.ContextVar("text", default=None)
     postgres = [0]
+
+    def mark(stage: str) -> None:
+        text = text_of.get()
+        if text is not None:
+            stages[text].setdefault(stage, time.perf_counter())
+
+    def timed(owner: Any, name: str) -> None:
+        inner = getattr(owner, name)
+
+        async def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            result = await inner(*args, **kwargs)
+            mark(name)
+            return result
+
+        setattr(owner, name, wrapper)
 
     send = AbstractConnection.send_packed_command
 
@@ -413,10 +466,13 @@ def child() -> None:
 
     async def tagged_answer(self, jobs, cancel):  # type: ignore[no-untyped-def]
         token = current.set(f"{jobs[-1].event.chat_id}:{jobs[-1].event.message_id}")
+        text_token = text_of.set(jobs[-1].event.text)
+        mark("entered")
         try:
             return await answer(self, jobs, cancel)
         finally:
             current.reset(token)
+            text_of.reset(text_token)
 
     stream = answer_module.stream_answer
 
@@ -424,6 +480,7 @@ def child() -> None:
         key = current.get()
         if key is not None and answers[key][1] is None:
             answers[key][1] = answers[key][0]  # round trips sent before the model was called
+        mark("model_called")
         return await stream(*args, **kwargs)
 
     def counting_connect(original):  # type: ignore[no-untyped-def]
@@ -432,6 +489,11 @@ def child() -> None:
             return original(*args, **kwargs)
         return connect
 
+    from eventbot.readmodels import reader
+    from services.agent import billing, request
+
+    timed(reader.RedisReadModels, "context_after")
+    timed(billing.Billing, "hold")
     AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
     Answerer.answer = tagged_answer  # type: ignore[method-assign]
     answer_module.stream_answer = counted_stream  # type: ignore[assignment]
@@ -441,15 +503,28 @@ def child() -> None:
 
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level)
+    import gc
+    gc_pauses: list[tuple[int, float]] = []
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:  # type: ignore[type-arg]
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(on_gc)
 
     async def serve() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        freeze_startup_heap()  # as `eventbot run` does
+        gc_pauses.clear()  # startup's collections are not the hot path's
         await run_agent(settings, stop=stop)
 
     asyncio.run(serve())
     cpu = os.times().user + os.times().system
-    Path(os.environ["BENCH_AGENT_OUT"]).write_text(json.dumps({"answers": answers, "postgres": postgres[0], "cpu_s": cpu}))
+    Path(os.environ["BENCH_AGENT_OUT"]).write_text(json.dumps({"answers": answers, "postgres": postgres[0], "cpu_s": cpu, "stages": stages, "gc": gc_pauses}))
 
 
 if __name__ == "__main__":
