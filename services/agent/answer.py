@@ -47,7 +47,7 @@ from services.agent.files import FileSource
 from services.agent.holds import InsufficientBalance, plan_hold
 from services.agent.limiter import Limiters
 from services.agent.metrics import AgentMetrics
-from services.agent.model import ModelError, Progress, stream_answer
+from services.agent.model import ModelError, Progress, stream_answer, stream_models
 from services.agent.presenter import Presenter, Target
 from services.agent.request import build_request
 from services.agent.tokens import TokenSink
@@ -125,6 +125,7 @@ class Answerer:
         self.files = files
         self.metrics = metrics
         self._started_here: OrderedDict[UUID, None] = OrderedDict()
+        self._stream_models = stream_models()  # kept built for the answerer's life (see stream_models)
 
     async def answer(self, jobs: Sequence[Job], cancel: Cancel) -> bool:
         """Answer ``jobs`` (one chat, oldest first) as one response; True if superseded (answer again, merged)."""
