@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from prometheus_client import CollectorRegistry
 from bench.report import Figure, emit
 from bench.servers import redis_url
 from eventbot.appender import Appender
+from eventbot.tasks import cancel_and_wait
 from eventbot.connections import redis_client
 from eventbot.redisclient import RedisClient
 from eventbot.consumer import Consumer, ConsumerConfig
@@ -240,19 +242,31 @@ def fake_model(directory: str) -> None:
     asyncio.run(serve())
 
 
+async def raw_round(run: Run, http: aiohttp.ClientSession, label: str, started: dict[str, float]) -> None:
+    """3 sequential Redis round trips + one bare POST to the fake model, its start time kept under ``label``."""
+    body = {"model": MODEL, "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": label}]}
+    started[label] = time.perf_counter()
+    for _ in range(3):
+        await run.redis.ping()
+    async with http.post(f"{run.claude.base_url}/v1/messages", json=body, headers={"x-api-key": "k"}) as resp:
+        await resp.read()
+
+
+async def raw_under_load(run: Run, started: dict[str, float], every_s: float = 0.05) -> None:
+    """The raw sequence of (a) repeated while the conversations run: what the loaded machine allows."""
+    async with aiohttp.ClientSession() as http:
+        for i in itertools.count():
+            await raw_round(run, http, f"load-raw {i}", started)
+            await asyncio.sleep(every_s)
+
+
 async def raw_limits(run: Run, samples: int = 300) -> tuple[dict[str, float], list[float]]:
     """(a): 3 sequential Redis round trips + one bare POST to the fake model (start times by request text,
     matched to arrivals once the model process has stopped); (b): one bare sendMessageDraft."""
     a: dict[str, float] = {}
     async with aiohttp.ClientSession() as http:
         for i in range(samples):
-            body = {"model": MODEL, "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": f"raw {i}"}]}
-            t0 = time.perf_counter()
-            for _ in range(3):
-                await run.redis.ping()
-            async with http.post(f"{run.claude.base_url}/v1/messages", json=body, headers={"x-api-key": "k"}) as resp:
-                await resp.read()
-            a[f"raw {i}"] = t0
+            await raw_round(run, http, f"raw {i}", a)
     b: list[float] = []
     user = TgUser(id=999_999)
     run.telegram.send_text(user, "raw", deliver=False)
@@ -348,8 +362,11 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         await run.conversation(users[-1], 0.0)  # warm-up: imports, connections, caches of the agent process
         run.telegram._calls.clear(), run.appended_at.clear()
         started = time.perf_counter()
+        loaded_a: dict[str, float] = {}
+        probe = asyncio.create_task(raw_under_load(run, loaded_a))
         await asyncio.gather(*(run.conversation(u, think_s) for u in users[:-1]))
         elapsed = time.perf_counter() - started
+        await cancel_and_wait(probe)
         raw_a, limit_b = await raw_limits(run)
     finally:
         child.send_signal(signal.SIGTERM)
@@ -363,6 +380,7 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         await redis.aclose()
     hot, ttft = run.hot_path(records), run.ttft(records)
     limit_a = [r["received_at"] - raw_a[r["text"]] for r in records if r["text"] in raw_a]
+    loaded_limit_a = [r["received_at"] - loaded_a[r["text"]] for r in records if r["text"] in loaded_a]
     counted = json.loads(Path(out).read_text())
     os.unlink(out)
     answers = [v for k, v in counted["answers"].items() if not k.startswith(str(users[-1].id))]
@@ -382,6 +400,9 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         Figure("agent (a) hot path p50", statistics.median(hot) * ms, "ms", limit=statistics.median(limit_a) * ms),
         Figure("agent (a) hot path p99", pct(hot, 99) * ms, "ms", target=10, target_kind="max"),
         Figure("agent (a) raw limit p99 (3 Redis RTs + POST)", pct(limit_a, 99) * ms, "ms"),
+        # The same raw sequence, sent from this process while the conversations ran: the loaded machine's own tail.
+        Figure("agent (a) raw limit under the run's load, p50", statistics.median(loaded_limit_a) * ms, "ms"),
+        Figure("agent (a) raw limit under the run's load, p99", pct(loaded_limit_a, 99) * ms, "ms"),
         Figure("agent (b) TTFT overhead p50", statistics.median(ttft) * ms, "ms", limit=statistics.median(limit_b) * ms),
         Figure("agent (b) TTFT overhead p99", pct(ttft, 99) * ms, "ms", target=5, target_kind="max"),
         Figure("agent (b) raw limit p99 (bare sendMessageDraft)", pct(limit_b, 99) * ms, "ms"),
