@@ -162,7 +162,9 @@ class Consumer:
                         await self.update_stats()
                 except TRANSIENT as e:
                     log.warning("consumer %s: redis unavailable (%s), retrying", self.name, type(e).__name__)
-                await self._sleep(self.config.claim_idle_ms / 3000)
+                # Short of a fair share, look again soon: a partition handed over is read by
+                # nobody from its release until someone takes it.
+                await self._sleep(self.config.claim_idle_ms / (30_000 if self.leases.below_share else 3000))
         except asyncio.CancelledError:
             # Cancelled is abrupt, like a killed process: nothing more is acked,
             # what is in hand stays pending and is claimed after the idle threshold.

@@ -27,6 +27,9 @@ class PartitionLeases:
         self.ttl_ms = ttl_ms
         self.members_key = f"{namespace}:members:{group}"
         self.held: set[str] = set()
+        # Holding fewer than the fair share after the last rebalance: another member is
+        # about to give some up, and the sooner they are taken the shorter their stall.
+        self.below_share = False
         self._renew = LuaScript("lease_renew")
         self._release = LuaScript("lease_release")
 
@@ -66,6 +69,7 @@ class PartitionLeases:
             if await self.redis.set(self.lease_key(stream), self.consumer, nx=True, px=self.ttl_ms):
                 self.held.add(stream)
                 acquired.add(stream)
+        self.below_share = len(self.held) < share
         excess = len(self.held) - share
         to_release = set(sorted(self.held & releasable)[: max(0, excess)])
         return acquired, lost, to_release
