@@ -1,6 +1,6 @@
 """Agent hot path: 200 concurrent conversations through a real agent process and both fakes.
 
-    .venv/bin/python -m bench.agent [--conversations 200] [--turns 3] [--think 4] [--private-redis] [--json FILE]
+    .venv/bin/python -m bench.agent [--conversations 200] [--turns 3] [--think 4] [--agents 1] [--private-redis] [--json FILE]
     .venv/bin/python -m bench.agent --tokens     # token events: one per delta vs batched
 
 The agent and the read-model projector run as processes of their own, as in
@@ -92,6 +92,17 @@ class Run:
         self.appended_at: dict[str, float] = {}  # the text sent -> when its append returned
         self.final_sent: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
 
+
+    async def balanced(self, agents: int, timeout_s: float = 60.0) -> None:
+        """Until the agent group's partitions are spread over all ``agents`` (a steady state, not a handover)."""
+        deadline = time.monotonic() + timeout_s
+        leases = [f"{stream}:lease:agent" for stream in self.keys.streams("conv")]
+        while time.monotonic() < deadline:
+            holders = [h for h in await self.redis.mget(leases) if h is not None]
+            if len(holders) == len(leases) and len(set(holders)) == agents:
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the agents' partitions were not spread over {agents} processes within {timeout_s:g}s")
 
     def watch_final_messages(self) -> None:
         send = self.telegram._send_message
@@ -335,19 +346,19 @@ async def token_events(url: str, answers: int = 200, deltas: int = 50) -> list[F
     return figures
 
 
-async def main(conversations: int, turns: int, think_s: float, json_path: str | None, private_redis: bool) -> None:
+async def main(conversations: int, turns: int, think_s: float, json_path: str | None, private_redis: bool, agents: int = 1) -> None:
     logging.getLogger("aiogram").setLevel(logging.WARNING)
     if private_redis:
         # A redis-server of this run's own: others' load on a shared one would be measured as ours.
         server = LocalRedis(Path(tempfile.mkdtemp(prefix="bench-agent-redis-")))
         try:
-            return await _main(server.start(), conversations, turns, think_s, json_path)
+            return await _main(server.start(), conversations, turns, think_s, json_path, agents)
         finally:
             server.stop()
-    await _main(redis_url(), conversations, turns, think_s, json_path)
+    await _main(redis_url(), conversations, turns, think_s, json_path, agents)
 
 
-async def _main(url: str, conversations: int, turns: int, think_s: float, json_path: str | None) -> None:
+async def _main(url: str, conversations: int, turns: int, think_s: float, json_path: str | None, agents: int) -> None:
     redis = redis_client(url)  # a blocking pool: 200 users at once queue for connections instead of failing
     run = Run(redis, url, conversations, turns)
     await run.telegram.start()
@@ -355,11 +366,13 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
     run.watch_final_messages()
     users = [TgUser(id=10_000 + i, first_name=f"U{i}") for i in range(conversations + 1)]
     await asyncio.gather(*(run.credit(u) for u in users))
-    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+    outs = [tempfile.NamedTemporaryFile(suffix=".json", delete=False).name for _ in range(agents)]
     projector = subprocess.Popen([sys.executable, "-m", "bench.agent", "--projector"], cwd=ROOT, env=run.agent_env(""))
-    child = subprocess.Popen([sys.executable, "-m", "bench.agent", "--child"], cwd=ROOT, env=run.agent_env(out))
+    # More than one: the group's instances share the partitions, as `--scale agent=N` would.
+    children = [subprocess.Popen([sys.executable, "-m", "bench.agent", "--child"], cwd=ROOT, env=run.agent_env(out)) for out in outs]
     try:
         await run.conversation(users[-1], 0.0)  # warm-up: imports, connections, caches of the agent process
+        await run.balanced(agents)
         run.telegram._calls.clear(), run.appended_at.clear()
         started = time.perf_counter()
         loaded_a: dict[str, float] = {}
@@ -369,8 +382,10 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         await cancel_and_wait(probe)
         raw_a, limit_b = await raw_limits(run)
     finally:
-        child.send_signal(signal.SIGTERM)
-        child.wait(60)
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            child.wait(60)
         projector.send_signal(signal.SIGTERM)
         projector.wait(60)
         records = run.claude.stop()
@@ -381,8 +396,9 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
     hot, ttft = run.hot_path(records), run.ttft(records)
     limit_a = [r["received_at"] - raw_a[r["text"]] for r in records if r["text"] in raw_a]
     loaded_limit_a = [r["received_at"] - loaded_a[r["text"]] for r in records if r["text"] in loaded_a]
-    counted = json.loads(Path(out).read_text())
-    os.unlink(out)
+    counted = _merged([json.loads(Path(out).read_text()) for out in outs])
+    for out in outs:
+        os.unlink(out)
     answers = [v for k, v in counted["answers"].items() if not k.startswith(str(users[-1].id))]
     before = [float(v[1]) for v in answers if v[1] is not None]
     total = [float(v[0]) for v in answers]
@@ -394,7 +410,7 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         mine = [d for g, d in pauses if g == gen]
         if mine:
             print(f"# agent gc gen{gen}: {len(mine)} collections, max {max(mine) * 1000:.1f} ms, total {sum(mine) * 1000:.0f} ms")
-    print(f"# {conversations} concurrent conversations x {turns} turns, think time {think_s:g} s (x0.5-1.5): "
+    print(f"# {agents} agent process(es); {conversations} concurrent conversations x {turns} turns, think time {think_s:g} s (x0.5-1.5): "
           f"{answered} answers in {elapsed:.1f} s ({answered / elapsed:.0f}/s); fakes at zero delay, merge window off")
     emit([
         Figure("agent (a) hot path p50", statistics.median(hot) * ms, "ms", limit=statistics.median(limit_a) * ms),
@@ -417,6 +433,17 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         # What bounds the rest on this machine: CPU the agent process spent per answer (startup included).
         Figure("agent process CPU per answer", counted["cpu_s"] / max(1, answered) * ms, "ms"),
     ], json_path)
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agent processes' counts as one."""
+    return {
+        "answers": {k: v for p in parts for k, v in p["answers"].items()},
+        "stages": {k: v for p in parts for k, v in p["stages"].items()},
+        "postgres": sum(p["postgres"] for p in parts),
+        "cpu_s": sum(p["cpu_s"] for p in parts),
+        "gc": [g for p in parts for g in p["gc"]],
+    }
 
 
 def projector() -> None:
@@ -553,6 +580,7 @@ if __name__ == "__main__":
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--tokens", action="store_true", help="only compare token events per delta vs batched")
+    parser.add_argument("--agents", type=int, default=1, help="agent processes in the group (default 1)")
     parser.add_argument("--private-redis", action="store_true", help="start a redis-server for this run only")
     parser.add_argument("--think", type=float, default=4.0, help="seconds a user takes between an answer and the next message")
     parser.add_argument("--json", dest="json_path")
@@ -569,4 +597,4 @@ if __name__ == "__main__":
     elif args.tokens:
         emit(asyncio.run(token_events(redis_url())), args.json_path)
     else:
-        asyncio.run(main(args.conversations, args.turns, args.think, args.json_path, args.private_redis))
+        asyncio.run(main(args.conversations, args.turns, args.think, args.json_path, args.private_redis, args.agents))
