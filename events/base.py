@@ -11,7 +11,7 @@ import msgspec
 Family = Literal["conv", "ledger", "tokens"]
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Base of every event: the envelope.
 
     ``family`` picks the stream family, ``partition_key`` the partition within it

@@ -15,7 +15,7 @@ FileKind = Literal["photo", "document", "voice", "audio", "video", "video_note",
 Disposition = Literal["answer", "not_addressed", "no_balance", "rate_limited", "too_large"]
 
 
-class Attachment(msgspec.Struct, frozen=True, kw_only=True):
+class Attachment(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     kind: FileKind
     file_id: str
     file_unique_id: str

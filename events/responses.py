@@ -11,7 +11,7 @@ from events.base import Event, Family
 from events.conversation import ConvEvent
 
 
-class Usage(msgspec.Struct, frozen=True, kw_only=True):
+class Usage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Token counts as the model reported them (cumulative, final)."""
 
     input_tokens: int = 0
