@@ -75,6 +75,26 @@ async def test_stop_keeps_the_partial_text_charges_what_was_produced_and_release
     assert len(world.claude.deltas_of(0)) < 150  # the stream was cut, not read to the end
 
 
+async def test_a_message_and_its_stop_read_together_end_stopped_with_no_call_and_no_hold_left(world: World) -> None:
+    """The agent finds the message and the /stop in one read (or in a takeover of both): the message
+    is not dropped unanswered; it ends cancelled, the model is never called, its hold is released."""
+    await world.credit(ADA, 10**7)
+    message = await world.says(ADA, "never mind")
+    await world.says(ADA, "/stop")
+    await world.start_agent()
+    [cancelled] = await world.wait_events(ADA.id, "response.cancelled")
+    assert cancelled.reason == "stop" and cancelled.partial_text == "" and cancelled.cost == 0
+    [started] = [e for e in await world.conv_events(ADA.id) if e.type_name() == "response.started"]
+    assert started.message_ids == (message.message_id,) and started.response_id == cancelled.response_id
+    assert world.claude.requests == []
+    await asyncio.sleep(0.1)
+    ledger = await world.ledger_events(ADA.id)
+    [hold], [release] = of(ledger, BalanceReserved), of(ledger, BalanceReleased)
+    assert release.amount == hold.amount and of(ledger, BalanceCharged) == []
+    assert (await world.ledger.head(ADA.id)).held == 0
+    assert world.replies(ADA.id) == []
+
+
 async def test_a_short_balance_lowers_max_tokens_and_never_overdraws_beyond_the_input_estimate(world: World) -> None:
     world.claude.answer_chars = 8000  # 2000 tokens wanted, far more than the balance covers
     await world.credit(ADA, 1_500)  # micro-USD: ~250 Haiku output tokens

@@ -119,3 +119,16 @@ async def test_stop_from_someone_else_in_a_group_leaves_the_answer_alone() -> No
     session.stop(user_id=9)
     await asyncio.wait_for(first, 1)
     assert answers.calls == [([1], "stop")]
+
+
+async def test_a_message_stopped_before_its_answer_began_is_still_answered_as_stopped() -> None:
+    """A /stop read in the same batch as its message (or with the message's takeover): the message
+    must still get an answer, cancelled, so its terminal event is written and a hold placed by an
+    agent that died is released; dropping it would ack it with no answer at all."""
+    answers = Answers()
+    session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
+    first = asyncio.create_task(session.message(job(1)))
+    await asyncio.sleep(0)  # handed to the session; its answer has not started
+    session.stop()
+    await asyncio.wait_for(first, 1)
+    assert answers.calls == [([1], "stop")]

@@ -242,6 +242,11 @@ class Answerer:
             sink.add(delta)
             presenter.update(progress.text)
 
+        if cancel.reason is not None:
+            # Stopped before it began (a /stop read together with the message, or with its
+            # takeover): nothing is asked of the model; the answer ends as stopped, at no cost.
+            await self.appender.append(started_event)
+            return cancel.reason, None
         streaming = asyncio.create_task(stream_answer(
             self.claude, params, progress, on_delta, retry=self.config.retry,
             on_retry=lambda cause: self.metrics.retries.labels(cause).inc(),

@@ -5,7 +5,10 @@ when its handler returns, so a message's handler simply waits until an answer
 that included it has ended. Messages that arrive within the merge window are
 answered together. A message arriving while an answer streams either cancels it
 and restarts with both (``cancel``) or waits for it (``queue``). ``/stop``
-cancels the answer in progress and drops messages still waiting to be merged.
+cancels the answer in progress, and messages still waiting are answered as
+stopped: never asked of the model, but ended with their terminal event and
+their hold (one an agent that died placed before a takeover) released, so no
+message is acked without an answer and no hold is left behind.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ChatSession:
         self.merge_window_s = merge_window_s
         self.on_new_message = on_new_message
         self._waiting: list[_Waiting] = []
+        self._stopped: list[_Waiting] = []  # /stop came before their answer began
         self._arrived = asyncio.Event()
         self._last_arrival = 0.0
         self._current: tuple[list[_Waiting], Cancel] | None = None
@@ -67,19 +71,25 @@ class ChatSession:
         if self._current is not None and any(mine(w) for w in self._current[0]):
             self._current[1].set("stop")
         for w in [w for w in self._waiting if mine(w)]:
-            _resolve(w)
             self._waiting.remove(w)
+            self._stopped.append(w)
+        if self._stopped and self.idle:
+            self._runner = asyncio.create_task(self._run())
 
     def _in_hand(self) -> list[_Waiting]:
-        return self._waiting + (self._current[0] if self._current else [])
+        return self._waiting + self._stopped + (self._current[0] if self._current else [])
 
     async def _run(self) -> None:
-        while self._waiting:
-            await self._merge_window()
-            batch, self._waiting = self._waiting, []
-            if not batch:
-                continue
+        while self._waiting or self._stopped:
             cancel = Cancel()
+            if self._stopped:
+                batch, self._stopped = self._stopped, []
+                cancel.set("stop")
+            else:
+                await self._merge_window()
+                batch, self._waiting = self._waiting, []
+                if not batch:
+                    continue
             self._current = (batch, cancel)
             try:
                 superseded = await self._answer([w.job for w in batch], cancel)
