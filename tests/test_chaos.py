@@ -11,6 +11,14 @@ terminal response, one final message in Telegram), every event projected once
 per response equal to its cost, no hold left), the replay equal to the live
 projection.
 
+Any lost event, lost or unexplained duplicate answer, money discrepancy or
+replay difference fails the test. One thing is reported as an expected failure
+instead, with the messages named: a final message that Telegram accepted in the
+milliseconds before its agent was killed, before the terminal event was
+appended, is sent again by the agent that takes the message over (the Bot API
+has no idempotent send; an agent must have been killed around that message for
+it to count as this). Such a run is xfail with the details in its reason.
+
 The seed is printed; set EVENTBOT_CHAOS_SEED to replay a schedule, and
 EVENTBOT_CHAOS_KILLS to change the number of kills.
 """
@@ -65,13 +73,6 @@ async def kill_at_random(system: System, rng: random.Random, kills: int, gap_s: 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=False,
-    reason="not reliably held: of the two complete runs today one passed whole (60 kills, 1,246 messages), the other sent "
-    "one final message twice (an agent killed in the milliseconds between Telegram accepting the final message "
-    "and the terminal event's append: the Bot API has no idempotent send) and left one message with other than "
-    "one terminal response (not yet explained; the check now prints the responses it saw)",
-)
 async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, database_url, namespace) -> None:
     seed = chaos_seed()
     kills = int(os.environ.get("EVENTBOT_CHAOS_KILLS", DEFAULT_KILLS))
@@ -103,6 +104,9 @@ async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, da
             assert report.problems == [], "\n".join(report.problems) + "\n" + system.logs()
             assert sum(killed.values()) == kills
             assert report.figures["messages"] > kills  # traffic kept flowing between the kills
+            if report.known_window:
+                # Everything else held; what remains is the Bot API's non-idempotent send, named here.
+                pytest.xfail("; ".join(report.known_window)[:3000])
     finally:
         if traffic is not None:
             traffic.cancel()

@@ -71,7 +71,7 @@ async def finish(system: System, traffic: Traffic, **kwargs: object) -> Report:
 
 def report(name: str, r: Report, system: System) -> None:
     print(f"\n{name} figures:", json.dumps(r.figures, sort_keys=True))
-    assert r.problems == [], "\n".join(r.problems) + "\n" + system.logs()
+    assert r.problems + r.known_window == [], "\n".join(r.problems + r.known_window) + "\n" + system.logs()
 
 
 async def wait_answers(traffic: Traffic, n: int, timeout_s: float = 120.0) -> None:
