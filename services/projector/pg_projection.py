@@ -7,8 +7,9 @@ stale writer of the same stream fails before writing anything, and a crash
 before the commit leaves nothing behind. Rows reach the tables by binary COPY
 into temporary staging tables and one set-based upsert per table (all upserts in
 one pipeline); ``event_log`` rows, which are only ever inserted, are copied
-straight into the table, and a batch that meets an already archived event id
-(a re-driven dead letter) is applied again through staging and ``DO NOTHING``.
+straight into the table (so are the ledger's, equally immutable), and a batch that
+meets one already written (a re-driven dead letter) is applied again through
+staging and ``DO NOTHING``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ log = logging.getLogger("eventbot.projector.postgres")
 Entry = tuple[str, Event]  # (entry id, event)
 Todo = tuple[Position, str, Event, "str | bytes | None"]  # (position, entry id, event, its JSON if known)
 CHECKPOINT_MOVED = "EB409"
-ARCHIVE_KEY = "event_log_pkey"
+# Rows that never change once written (the archive, the ledger): entries past the checkpoint
+# are new, so they are copied straight into their table, not staged and upserted. A unique
+# violation says one was there already (a re-driven dead letter): the batch is then applied
+# again through staging, where they are DO NOTHING.
+INSERT_ONLY = frozenset(t.name for t in ALL_TABLES if t.immutable)
 JSONB_OID = 3802
 assert EVENT_LOG.columns == (
     "event_id", "stream", "entry_id", "entry_ms", "entry_seq", "family", "type", "version", "partition_key", "user_id",
@@ -130,17 +135,18 @@ class PostgresProjection:
                             (self.schema, self.group, stream, start.ms, start.seq, end.ms, end.seq, end_id, len(todo)),
                         )
                         for name, values in rows.items():
-                            straight = direct and name == EVENT_LOG.name
+                            straight = direct and name in INSERT_ONLY
                             await copy_rows(conn, self._sql("direct" if straight else "copy", name), self._types[name], values)
                         async with conn.pipeline():
                             for name in rows:
-                                if not (direct and name == EVENT_LOG.name):
+                                if not (direct and name in INSERT_ONLY):
                                     await conn.execute(self._sql("upsert", name))
                     return
                 except psycopg.errors.UniqueViolation as e:
-                    if not direct or e.diag.constraint_name != ARCHIVE_KEY:
+                    if not direct or e.diag.table_name not in INSERT_ONLY:
                         raise
-                    log.info("%s on %s: an event is archived already; applying through staging", self.group, stream)
+                    log.info("%s on %s: a row of %s exists already; applying through staging",
+                             self.group, stream, e.diag.table_name)
                 except psycopg.Error as e:
                     if e.sqlstate == CHECKPOINT_MOVED:
                         raise CheckpointMoved(str(e)) from e
