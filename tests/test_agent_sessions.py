@@ -132,3 +132,33 @@ async def test_a_message_stopped_before_its_answer_began_is_still_answered_as_st
     session.stop()
     await asyncio.wait_for(first, 1)
     assert answers.calls == [([1], "stop")]
+
+
+def redelivered(message_id: int) -> Job:
+    fresh = job(message_id)
+    return Job(fresh.event, fresh.stream, fresh.entry_id, deliveries=2)
+
+
+async def test_a_redelivered_message_is_answered_alone_before_a_fresh_one() -> None:
+    """Seen in the chaos run: a takeover got message 12 (answered already, not yet acked when its
+    agent died) together with the user's next message 14; merged, 12 was answered a second time."""
+    answers = Answers()
+    answers.release.set()
+    session = ChatSession(answers, merge_window_s=0.05, on_new_message="cancel")
+    taken = asyncio.create_task(session.message(redelivered(12)))
+    fresh = asyncio.create_task(session.message(job(14)))
+    await asyncio.wait_for(asyncio.gather(taken, fresh), 1)
+    assert answers.calls == [([12], None), ([14], None)]
+
+
+async def test_a_fresh_message_does_not_cancel_a_takeovers_answer() -> None:
+    answers = Answers()
+    session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
+    taken = asyncio.create_task(session.message(redelivered(12)))
+    await answers.running.wait()
+    fresh = asyncio.create_task(session.message(job(14)))
+    await asyncio.sleep(0.05)
+    assert not taken.done()  # not superseded: the takeover finishes what the dead agent began
+    answers.release.set()
+    await asyncio.wait_for(asyncio.gather(taken, fresh), 1)
+    assert answers.calls == [([12], None), ([14], None)]

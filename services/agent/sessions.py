@@ -3,8 +3,10 @@
 The consumer hands every entry over at once (``mode="concurrent"``) and acks it
 when its handler returns, so a message's handler simply waits until an answer
 that included it has ended. Messages that arrive within the merge window are
-answered together. A message arriving while an answer streams either cancels it
-and restarts with both (``cancel``) or waits for it (``queue``). ``/stop``
+answered together, except that messages redelivered to a takeover are answered
+before and apart from fresh ones. A message arriving while an answer streams
+either cancels it and restarts with both (``cancel``; a takeover's answer is let
+finish) or waits for it (``queue``). ``/stop``
 cancels the answer in progress, and messages still waiting are answered as
 stopped: never asked of the model, but ended with their terminal event and
 their hold (one an agent that died placed before a takeover) released, so no
@@ -57,7 +59,7 @@ class ChatSession:
             self._waiting.append(waiting)
             self._last_arrival = time.monotonic()
             self._arrived.set()
-            if self._current is not None and self.on_new_message == "cancel":
+            if self._current is not None and self.on_new_message == "cancel" and not _takeover(self._current[0]):
                 self._current[1].set("superseded")
         if self.idle:
             self._runner = asyncio.create_task(self._run())
@@ -87,7 +89,7 @@ class ChatSession:
                 cancel.set("stop")
             else:
                 await self._merge_window()
-                batch, self._waiting = self._waiting, []
+                batch, self._waiting = _takeovers_first(self._waiting)
                 if not batch:
                     continue
             self._current = (batch, cancel)
@@ -125,6 +127,24 @@ class ChatSession:
                 await asyncio.wait_for(self._arrived.wait(), pause)
             except asyncio.TimeoutError:
                 return
+
+
+def _takeover(batch: list[_Waiting]) -> bool:
+    return any(w.job.deliveries > 1 for w in batch)
+
+
+def _takeovers_first(waiting: list[_Waiting]) -> tuple[list[_Waiting], list[_Waiting]]:
+    """(what to answer now, what waits): redelivered messages alone before fresh ones.
+
+    A redelivered message is one a dead agent may have answered (or begun: a hold, a
+    started response) under its own response id. Merged with a fresh message it would
+    be answered again under the fresh one's id, its first answer doubled or its hold
+    left behind; alone, the takeover finds what was done and finishes only that.
+    """
+    taken = [w for w in waiting if w.job.deliveries > 1]
+    if not taken or len(taken) == len(waiting):
+        return waiting, []
+    return taken, [w for w in waiting if w.job.deliveries == 1]
 
 
 def _resolve(w: _Waiting, error: BaseException | None = None) -> None:
