@@ -62,16 +62,21 @@ async def test_zero_window_answers_at_once() -> None:
     assert answers.calls == [([1], None), ([2], None)]
 
 
-async def test_a_new_message_cancels_and_restarts_with_both() -> None:
+async def second_message_mid_answer(first: Job, second: Job) -> list[tuple[list[int], str | None]]:
+    """``first`` is being answered when ``second`` arrives (cancel mode); what each answer covered."""
     answers = Answers()
     session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
-    first = asyncio.create_task(session.message(job(1)))
+    one = asyncio.create_task(session.message(first))
     await answers.running.wait()
-    second = asyncio.create_task(session.message(job(2)))
+    two = asyncio.create_task(session.message(second))
     await asyncio.sleep(0.05)
     answers.release.set()
-    await asyncio.gather(first, second)
-    assert answers.calls == [([1], "superseded"), ([1, 2], None)]
+    await asyncio.wait_for(asyncio.gather(one, two), 1)
+    return answers.calls
+
+
+async def test_a_new_message_cancels_and_restarts_with_both() -> None:
+    assert await second_message_mid_answer(job(1), job(2)) == [([1], "superseded"), ([1, 2], None)]
 
 
 async def test_queue_mode_waits_for_the_answer_in_progress() -> None:
@@ -152,13 +157,5 @@ async def test_a_redelivered_message_is_answered_alone_before_a_fresh_one() -> N
 
 
 async def test_a_fresh_message_does_not_cancel_a_takeovers_answer() -> None:
-    answers = Answers()
-    session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
-    taken = asyncio.create_task(session.message(redelivered(12)))
-    await answers.running.wait()
-    fresh = asyncio.create_task(session.message(job(14)))
-    await asyncio.sleep(0.05)
-    assert not taken.done()  # not superseded: the takeover finishes what the dead agent began
-    answers.release.set()
-    await asyncio.wait_for(asyncio.gather(taken, fresh), 1)
-    assert answers.calls == [([12], None), ([14], None)]
+    # The takeover finishes what the dead agent began; the fresh message is answered after it.
+    assert await second_message_mid_answer(redelivered(12), job(14)) == [([12], None), ([14], None)]
