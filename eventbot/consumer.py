@@ -390,10 +390,12 @@ class Consumer:
 
     async def _handle_one(self, batch: Batch, delivery: Delivery) -> None:
         labels = (self.config.group, batch.stream)
-        single = msgspec.structs.replace(batch, deliveries=(delivery,))
         deliveries = delivery.deliveries
         failures = 0
         while True:
+            # The handler sees this attempt's count: a retry is a redelivery to it (the agent
+            # then checks what the earlier attempt already did).
+            single = msgspec.structs.replace(batch, deliveries=(msgspec.structs.replace(delivery, deliveries=deliveries),))
             try:
                 await self._with_heartbeat(single)
                 await self.redis.xack(batch.stream, self.config.group, delivery.entry_id)

@@ -178,6 +178,26 @@ async def test_live_slow_consumer_keeps_its_entries(redis: Redis, keys: Keys, co
     assert other.calls == [] and len(owner.calls) == 1
 
 
+async def test_a_handler_retried_in_process_sees_the_attempt_count(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender
+) -> None:
+    """A retry is a redelivery to the handler: the agent relies on the count to check what an
+    earlier attempt already did (else it may answer a message a second time)."""
+    await appender.append_many([message(6, "flaky")])
+    seen: list[int] = []
+
+    async def fail_twice(batch: Batch) -> None:
+        seen.append(batch.deliveries[0].deliveries)
+        if len(seen) <= 2:
+            raise ValueError("fails")
+
+    async with running(make(redis, keys, codec, Recorder(fail_twice), "c", max_deliveries=5)):
+        await eventually(lambda: len(seen) >= 3)
+        await eventually(lambda: _zero(pending_total(redis, keys)))
+    # The batch (fails), the entry alone as delivered (fails), the entry alone once more: attempt 2.
+    assert seen == [1, 1, 2]
+
+
 async def test_always_failing_entry_is_dead_lettered_and_the_partition_moves_on(
     redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, consumer_metrics: ConsumerMetrics
 ) -> None:
