@@ -95,6 +95,28 @@ async def test_a_message_and_its_stop_read_together_end_stopped_with_no_call_and
     assert world.replies(ADA.id) == []
 
 
+async def test_a_message_answered_already_is_not_answered_again_merged_with_a_newer_one(world: World) -> None:
+    """Handed over again after its answer (an ack lost to a kill, a handler retried) and merged
+    with the user's next message: only the next message is answered, and only once."""
+    import msgspec
+
+    from eventbot.ids import new_event_id
+
+    await world.credit(ADA, 10**7)
+    await world.start_agent(merge_window_s=0.3)
+    first = await world.says(ADA, "first question")
+    await world.wait_events(ADA.id, "response.completed")
+    again = msgspec.structs.replace(first, event_id=new_event_id())  # the same message, delivered again
+    await world.appender.append_many([again])
+    second = await world.says(ADA, "second question")
+    completed = await world.wait_events(ADA.id, "response.completed", n=2)
+    await asyncio.sleep(0.5)
+    started = [e for e in await world.conv_events(ADA.id) if e.type_name() == "response.started"]
+    assert [s.message_ids for s in started] == [(first.message_id,), (second.message_id,)]
+    assert len(await world.wait_events(ADA.id, "response.completed", n=2)) == 2 == len(completed)
+    assert len(world.claude.requests) == 2
+
+
 async def test_a_short_balance_lowers_max_tokens_and_never_overdraws_beyond_the_input_estimate(world: World) -> None:
     world.claude.answer_chars = 8000  # 2000 tokens wanted, far more than the balance covers
     await world.credit(ADA, 1_500)  # micro-USD: ~250 Haiku output tokens

@@ -129,6 +129,8 @@ class Answerer:
 
     async def answer(self, jobs: Sequence[Job], cancel: Cancel) -> bool:
         """Answer ``jobs`` (one chat, oldest first) as one response; True if superseded (answer again, merged)."""
+        if len(jobs) > 1:
+            jobs = await self._not_answered_yet(jobs)
         last = jobs[-1].event
         rid = response_id_for(last)
         retry = max(j.deliveries for j in jobs) > 1 or rid in self._started_here
@@ -297,16 +299,36 @@ class Answerer:
     async def _already_answered(self, rid: UUID, last: MessageReceived) -> bool:
         """A takeover: if this response ended already, make sure it is settled and say so."""
         view = await self.read_models.response(rid, last.partition_key)
-        partition = self.keys.partition_of(last.partition_key)
+        if await self._ended(rid, last) is not None:
+            return True
+        return view is not None and view.state != "started"
+
+    async def _not_answered_yet(self, jobs: Sequence[Job]) -> Sequence[Job]:
+        """``jobs`` without the earlier ones whose own response ended already (each settled).
+
+        A message answered alone and then handed over again (its ack lost to a kill, or its
+        handler retried) must not be answered a second time merged with a newer one. One
+        whose answer was superseded is kept (it was never answered), its hold settled.
+        """
+        kept = []
+        for j in jobs[:-1]:
+            ended = await self._ended(response_id_for(j.event), j.event)
+            if ended is None or (isinstance(ended, ResponseCancelled) and ended.reason == "superseded"):
+                kept.append(j)
+        return [*kept, jobs[-1]]
+
+    async def _ended(self, rid: UUID, message: MessageReceived) -> ResponseCompleted | ResponseFailed | ResponseCancelled | None:
+        """The terminal event of ``rid`` (answering ``message``) if it has one; its hold is then settled (idempotent)."""
+        partition = self.keys.partition_of(message.partition_key)
         # The read model may lag behind the log: the terminal event itself is the truth.
-        for event_id in terminal_ids(rid, last.occurred_at).values():
+        for event_id in terminal_ids(rid, message.occurred_at).values():
             event = await stored_event(self.redis, self.keys, self.codec, partition, "conv", event_id)
             if isinstance(event, (ResponseCompleted, ResponseFailed, ResponseCancelled)):
-                hold = await self.billing.existing_hold(last.user_id, rid, last.occurred_at)
+                hold = await self.billing.existing_hold(message.user_id, rid, message.occurred_at)
                 if hold is not None and event.model:
-                    await self._settle(last, rid, hold, event.model, event.usage)
-                return True
-        return view is not None and view.state != "started"
+                    await self._settle(message, rid, hold, event.model, event.usage)
+                return event
+        return None
 
     def _failed(self, last: MessageReceived, rid: UUID, cause: str, retryable: bool, progress: Progress, cost: int, model: str) -> ResponseFailed:
         return ResponseFailed(
