@@ -312,7 +312,11 @@ class Answerer:
         """
         kept = []
         for j in jobs[:-1]:
-            ended = await self._ended(response_id_for(j.event), j.event)
+            own = response_id_for(j.event)
+            if j.deliveries == 1 and own not in self._started_here:
+                kept.append(j)  # never handed to an answer before: nothing to look up (no round trips)
+                continue
+            ended = await self._ended(own, j.event)
             if ended is None or (isinstance(ended, ResponseCancelled) and ended.reason == "superseded"):
                 kept.append(j)
         return [*kept, jobs[-1]]
