@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import anthropic
 import pytest
 
 from eventbot.fakes.anthropic import FakeAnthropic, Fault
-from services.agent.model import ModelError, Progress, RetryPolicy, stream_answer
+from services.agent.model import EVENTS_PER_SLICE, ModelError, Progress, RetryPolicy, stream_answer
 
 FAST = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.05)
 
@@ -63,3 +64,27 @@ async def test_a_bad_request_is_not_retried(fake: FakeAnthropic) -> None:
             await stream_answer(client, bad, Progress(), lambda d: None, retry=FAST)
     assert not info.value.retryable and info.value.cause == "invalid_request_error"
     assert len(fake.requests) == 1
+
+
+async def test_a_burst_of_stream_events_leaves_the_event_loop_to_others() -> None:
+    # A long answer at zero delay arrives in a few socket reads; parsed without a yield,
+    # it would stall every other conversation on the agent's loop until its end.
+    seen_at: list[int] = []
+    progress = Progress()
+
+    async def other_conversation() -> None:
+        while True:
+            seen_at.append(progress.deltas)
+            await asyncio.sleep(0)
+
+    async with FakeAnthropic(answer_chars=2_000, delta_chars=4) as server:
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=server.base_url, max_retries=0) as client:
+            other = asyncio.create_task(other_conversation())
+            try:
+                await stream_answer(client, params(), progress, lambda d: None, retry=FAST)
+            finally:
+                other.cancel()
+    assert progress.deltas == 500
+    during = {d for d in seen_at if 0 < d < progress.deltas}
+    # One turn per EVENTS_PER_SLICE events at least (socket reads alone give a handful).
+    assert len(during) >= progress.deltas // EVENTS_PER_SLICE // 2, len(during)

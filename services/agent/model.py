@@ -30,6 +30,11 @@ log = logging.getLogger("eventbot.agent.model")
 # Roughly what the tokenizer gives for English; used only when a stream ends
 # before the API reported the output count (cancel, error mid-stream).
 CHARS_PER_OUTPUT_TOKEN = 4
+# Stream events parsed between two yields to the event loop. Events that arrived
+# together (a fast model, a slow loop) are parsed without suspending: one answer's
+# burst (~0.1 ms each in the SDK) would hold up every other conversation's hot path
+# and first send. About a millisecond of parsing, then the others get a turn.
+EVENTS_PER_SLICE = 8
 
 
 def stream_models() -> tuple[type, ...]:
@@ -116,7 +121,11 @@ async def stream_answer(
         progress.attempts += 1
         try:
             async with _open(client, params) as stream:
+                parsed = 0
                 async for event in stream:
+                    parsed += 1
+                    if parsed % EVENTS_PER_SLICE == 0:
+                        await asyncio.sleep(0)
                     if event.type == "message_start":
                         progress.message_id = event.message.id
                         u = event.message.usage
