@@ -15,8 +15,10 @@ Any lost event, lost or unexplained duplicate answer, money discrepancy or
 replay difference fails the test. One thing is reported as an expected failure,
 with the messages named: a final message that Telegram accepted while its agent
 was being killed, before the terminal event was appended, is sent again by the
-agent that takes the message over (the Bot API has no idempotent send; an agent
-must have been killed around that message for it to count as this).
+agent that takes the message over (the Bot API has no idempotent send). It counts
+as this only with that exact signature: the same text sent twice, an agent killed
+within a second of the first copy's arrival, the second copy sent after the kill;
+any other duplicate fails the test.
 
 The seed is printed; set EVENTBOT_CHAOS_SEED to replay a schedule, and
 EVENTBOT_CHAOS_KILLS to change the number of kills.

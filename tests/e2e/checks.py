@@ -84,11 +84,11 @@ async def _answers(system: System, traffic: Traffic, r: Report) -> None:
             # What the log says the user got, next to what Telegram shows, and the agent kills
             # between the first send and the last: enough to tell a takeover from a live double.
             first, last = (window[0][0], window[-1][0]) if window else (0.0, 0.0)
-            kills = [f"{n}@{at - first:+.2f}s" for n, at in system.kill_log if n == "agent" and first - 5 <= at <= last]
+            kills = [at for n, at in system.kill_log if n == "agent" and first - 5 <= at <= last]
             seen = (x.chat_id, x.message_id, x.kind, x.outcome, system.terminal_texts.get((x.chat_id, x.message_id), "?")[:40],
-                    [f"{at - first:+.2f}s {t[:40]}" for at, t in window], f"agent kills: {kills}")
+                    [f"{at - first:+.2f}s {t[:40]}" for at, t in window], f"agent kills: {[f'agent@{at - first:+.2f}s' for at in kills]}")
             if len(sent) > expected:
-                (after_kill if kills else duplicated).append(seen)
+                (after_kill if _killed_delivering(window, kills) else duplicated).append(seen)
             elif len(sent) < expected:
                 missing.append(seen)
     r.figures["duplicated_final_messages"] = len(duplicated) + len(after_kill)
@@ -102,6 +102,23 @@ async def _answers(system: System, traffic: Traffic, r: Report) -> None:
     r.check(not [m for m in multi if m[0] not in doubled_chats], f"messages without exactly one terminal response: {multi[:5]}")
     if [m for m in multi if m[0] in doubled_chats]:
         r.known_window.append(f"other than one terminal response, in a chat with such a takeover: {multi[:5]}")
+
+
+# How far apart an agent's kill and the arrival of the final message it was sending may be
+# recorded: the fake Bot API notes the arrival on the test's own (loaded) event loop.
+DELIVERY_KILL_S = 1.0
+
+
+def _killed_delivering(window: list[tuple[float, str]], kills: list[float]) -> bool:
+    """The Bot API's window, and nothing looser: the final message (one or more chunks) sent
+    twice over, an agent killed as the first copy arrived, the second copy sent after that kill
+    (by the takeover)."""
+    half = len(window) // 2
+    texts = [t for _, t in window]
+    if not half or len(window) % 2 or texts[:half] != texts[half:]:
+        return False
+    first_copy_ended, second_copy_began = window[half - 1][0], window[half][0]
+    return any(abs(at - first_copy_ended) <= DELIVERY_KILL_S and at < second_copy_began for at in kills)
 
 
 def _partial(system: System, x: Any) -> bool:
