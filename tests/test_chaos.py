@@ -16,9 +16,9 @@ replay difference fails the test. One thing is reported as an expected failure,
 with the messages named: a final message that Telegram accepted while its agent
 was being killed, before the terminal event was appended, is sent again by the
 agent that takes the message over (the Bot API has no idempotent send). It counts
-as this only with that exact signature: the same text sent twice, an agent killed
-within a second of the first copy's arrival, the second copy sent after the kill;
-any other duplicate fails the test.
+as this only with that signature: an agent killed within a second of the arrival
+of a final message it was sending, and the next send (the takeover's answer,
+generated again) after the kill; any other duplicate fails the test.
 
 The seed is printed; set EVENTBOT_CHAOS_SEED to replay a schedule, and
 EVENTBOT_CHAOS_KILLS to change the number of kills.
