@@ -22,7 +22,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -62,9 +62,14 @@ class Batch(msgspec.Struct, frozen=True):
 
 
 class BatchHandler(Protocol):
-    """Applies a batch of one partition's entries, in order; durable when it returns."""
+    """Applies a batch of one partition's entries, in order; durable when it returns.
 
-    async def __call__(self, batch: Batch) -> None: ...
+    It may return ids of other entries of the same stream whose effect it completed
+    together with this batch's (the agent answers merged messages with one answer):
+    they are acked in the same XACK, so a crash cannot ack one and redeliver another.
+    """
+
+    async def __call__(self, batch: Batch) -> Iterable[str] | None: ...
 
 
 class ConsumerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -371,8 +376,8 @@ class Consumer:
         failures = 0
         while True:
             try:
-                await self._with_heartbeat(batch)
-                await self.redis.xack(batch.stream, self.config.group, *(d.entry_id for d in batch.deliveries))
+                together = await self._with_heartbeat(batch)
+                await self.redis.xack(batch.stream, self.config.group, *_ids(batch.deliveries, together))
                 self.metrics.processed.labels(*labels).inc(len(batch.deliveries))
                 return
             except TRANSIENT as e:
@@ -397,8 +402,8 @@ class Consumer:
             # then checks what the earlier attempt already did).
             single = msgspec.structs.replace(batch, deliveries=(msgspec.structs.replace(delivery, deliveries=deliveries),))
             try:
-                await self._with_heartbeat(single)
-                await self.redis.xack(batch.stream, self.config.group, delivery.entry_id)
+                together = await self._with_heartbeat(single)
+                await self.redis.xack(batch.stream, self.config.group, *_ids(single.deliveries, together))
                 self.metrics.processed.labels(*labels).inc()
                 return
             except TRANSIENT as e:
@@ -423,7 +428,7 @@ class Consumer:
                 )
                 await self._backoff(deliveries - delivery.deliveries)
 
-    async def _with_heartbeat(self, batch: Batch) -> None:
+    async def _with_heartbeat(self, batch: Batch) -> Iterable[str] | None:
         # The handler's log lines carry the correlation id of what it handles (the
         # Telegram update a message came from); a batch carries its first entry's.
         token = correlation_id.set(batch.deliveries[0].event.correlation_id)
@@ -518,3 +523,8 @@ def _summary_min(summary: dict) -> str | None:
 
 def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _ids(deliveries: Sequence[Delivery], together: Iterable[str] | None) -> list[str]:
+    """The batch's entry ids, then those its handler completed together with them, each once."""
+    return list(dict.fromkeys([*(d.entry_id for d in deliveries), *(together or ())]))

@@ -49,8 +49,11 @@ async def test_messages_within_the_window_are_answered_together() -> None:
     first = asyncio.create_task(session.message(job(1)))
     await asyncio.sleep(0.03)
     second = asyncio.create_task(session.message(job(2)))
-    await asyncio.gather(first, second)
+    results = await asyncio.gather(first, second)
     assert answers.calls == [([1, 2], None)]
+    # Each message's handler gets both entries, to be acked together (one XACK): acked one
+    # by one, a crash between the acks would have one answered again on its own.
+    assert results == [("1-0", "2-0"), ("1-0", "2-0")]
 
 
 async def test_zero_window_answers_at_once() -> None:

@@ -403,3 +403,29 @@ async def test_handlers_log_under_the_correlation_id_of_their_entry(
     async with running(make(redis, keys, codec, Recorder(remember), "c", mode="concurrent")):
         await eventually(lambda: seen == ["tg:1:update:42"])
     assert correlation_id.get() is None
+
+
+async def test_entries_a_handler_completed_together_are_acked_in_its_ack(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender
+) -> None:
+    # The agent answers two messages of a chat with one answer: acked one by one, a crash
+    # between the two acks would redeliver one alone and have it answered again.
+    first, second = message(4, "one"), message(4, "two")
+    await appender.append_many([first, second])
+    handed: dict[str, Batch] = {}
+    second_handed, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(batch: Batch) -> list[str] | None:
+        d = batch.deliveries[0]
+        handed[d.event.text] = batch  # type: ignore[attr-defined]
+        if d.event.text == "two":  # type: ignore[attr-defined]
+            second_handed.set()
+            await release.wait()  # its own handler is still running when it must be acked already
+            return None
+        await second_handed.wait()
+        return [d.entry_id, handed["two"].deliveries[0].entry_id]
+
+    async with running(make(redis, keys, codec, handler, "c", mode="concurrent")):
+        await eventually(lambda: second_handed.is_set())
+        await eventually(lambda: _zero(pending_total(redis, keys)))
+        release.set()

@@ -20,15 +20,18 @@ class AgentHandler:
     def __init__(self, sessions: Sessions) -> None:
         self.sessions = sessions
 
-    async def __call__(self, batch: Batch) -> None:
+    async def __call__(self, batch: Batch) -> list[str]:
+        """Returns the entries answered together with this batch's (the consumer acks them with it)."""
+        together: list[str] = []
         for d in batch.deliveries:
             match d.event:
                 case MessageReceived(disposition="answer") as m:
                     job = Job(m, d.stream, d.entry_id, d.deliveries)
-                    await self.sessions.get(m.chat_id, m.topic_id).message(job)
+                    together += await self.sessions.get(m.chat_id, m.topic_id).message(job)
                 case CommandIssued(command=command) as c if command.lower().lstrip("/") in STOP_COMMANDS:
                     session = self.sessions.find(c.chat_id, c.topic_id)
                     if session is not None:
                         session.stop(c.user_id)
                 case _:
                     pass
+        return together

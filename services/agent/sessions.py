@@ -2,7 +2,8 @@
 
 The consumer hands every entry over at once (``mode="concurrent"``) and acks it
 when its handler returns, so a message's handler simply waits until an answer
-that included it has ended. Messages that arrive within the merge window are
+that included it has ended (and names the other messages that answer included,
+to be acked in the same XACK). Messages that arrive within the merge window are
 answered together, except that messages redelivered to a takeover are answered
 before and apart from fresh ones. A message arriving while an answer streams
 either cancels it and restarts with both (``cancel``; a takeover's answer is let
@@ -30,7 +31,8 @@ Answer = Callable[[Sequence[Job], Cancel], Awaitable[bool]]
 class _Waiting:
     def __init__(self, job: Job) -> None:
         self.job = job
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Resolved with the entry ids (of this job's stream) answered together with it.
+        self.done: asyncio.Future[tuple[str, ...]] = asyncio.get_running_loop().create_future()
 
 
 class ChatSession:
@@ -49,8 +51,13 @@ class ChatSession:
     def idle(self) -> bool:
         return self._runner is None or self._runner.done()
 
-    async def message(self, job: Job) -> None:
-        """Returns once an answer including this message has ended (raises if answering it failed)."""
+    async def message(self, job: Job) -> tuple[str, ...]:
+        """Returns once an answer including this message has ended (raises if answering it failed).
+
+        Returns the entry ids of every message that answer included (this one among them),
+        so that they can be acked together: acked one by one, a crash between two acks would
+        leave one redelivered alone and answered again.
+        """
         held = [w for w in self._in_hand() if (w.job.stream, w.job.entry_id) == (job.stream, job.entry_id)]
         if held:
             waiting = held[0]  # redelivered (a retry of the consumer) while still in hand: wait for the same answer
@@ -63,7 +70,7 @@ class ChatSession:
                 self._current[1].set("superseded")
         if self.idle:
             self._runner = asyncio.create_task(self._run())
-        await asyncio.shield(waiting.done)
+        return await asyncio.shield(waiting.done)
 
     def stop(self, user_id: int | None = None) -> None:
         """Cancel what ``user_id`` asked for (None: everything); in a group, others' answers go on."""
@@ -110,7 +117,7 @@ class ChatSession:
                 self._waiting = batch + self._waiting  # answered again, together with what superseded it
             else:
                 for w in batch:
-                    _resolve(w)
+                    _resolve(w, together=tuple(x.job.entry_id for x in batch if x.job.stream == w.job.stream))
 
     async def _merge_window(self) -> None:
         """Wait until no message arrived for the merge window (at most five windows in all)."""
@@ -147,11 +154,11 @@ def _takeovers_first(waiting: list[_Waiting]) -> tuple[list[_Waiting], list[_Wai
     return taken, [w for w in waiting if w.job.deliveries == 1]
 
 
-def _resolve(w: _Waiting, error: BaseException | None = None) -> None:
+def _resolve(w: _Waiting, error: BaseException | None = None, together: tuple[str, ...] = ()) -> None:
     if w.done.done():
         return
     if error is None:
-        w.done.set_result(None)
+        w.done.set_result(together)
     else:
         w.done.set_exception(error)
         w.done.exception()  # retrieved here: a waiter may be gone (stopped) and must not warn
