@@ -136,8 +136,13 @@ class ChatSession:
                 return
 
 
+def _redelivered(w: _Waiting) -> bool:
+    """Handed over again (a takeover or a retry): a dead agent may have begun its answer."""
+    return w.job.deliveries > 1
+
+
 def _takeover(batch: list[_Waiting]) -> bool:
-    return any(w.job.deliveries > 1 for w in batch)
+    return any(map(_redelivered, batch))
 
 
 def _takeovers_first(waiting: list[_Waiting]) -> tuple[list[_Waiting], list[_Waiting]]:
@@ -148,10 +153,10 @@ def _takeovers_first(waiting: list[_Waiting]) -> tuple[list[_Waiting], list[_Wai
     be answered again under the fresh one's id, its first answer doubled or its hold
     left behind; alone, the takeover finds what was done and finishes only that.
     """
-    taken = [w for w in waiting if w.job.deliveries > 1]
+    taken = [w for w in waiting if _redelivered(w)]
     if not taken or len(taken) == len(waiting):
         return waiting, []
-    return taken, [w for w in waiting if w.job.deliveries == 1]
+    return taken, [w for w in waiting if not _redelivered(w)]
 
 
 def _resolve(w: _Waiting, error: BaseException | None = None, together: tuple[str, ...] = ()) -> None:
