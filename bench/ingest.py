@@ -12,7 +12,11 @@ user.seen + message.received in one idempotent append. Measured three ways:
 - ``feed_update`` strictly one update after another (two round trips each: gate, append);
 - end to end through the fake Bot API's HTTP long polling (getUpdates, JSON, parse, confirm).
 
-The issue's target (>= 0.5x raw single XADD) is checked on both feed_update figures.
+The issue's target (>= 0.5x raw single XADD) is checked on the first: it is how the
+service calls ``feed_update``. One update after another is shown beside it as a
+latency figure, not held to the target: its gate and its append are two dependent
+round trips, each as long as one raw XADD, so 0.5x is its ceiling with no CPU spent
+at all (the gate's verdict is written into the appended event, so they can't merge).
 Raw XADD writes one entry of the same size per update, one round trip each (and
 pipelined by 100, for reference). Pre-parsed updates are moved out of the garbage
 collector's sight (gc.freeze) so that holding thousands of inputs doesn't tax the
@@ -149,7 +153,7 @@ async def main(n: int, json_path: str | None) -> None:
             Figure(f"ingest.feed_update_batched{BATCH}_updates_per_s", best["feed_batch"], "updates/s",
                    limit=best["raw_single"], target=0.5, target_kind="min"),
             Figure("ingest.feed_update_one_by_one_updates_per_s", best["feed_update"], "updates/s",
-                   limit=best["raw_single"], target=0.5, target_kind="min"),
+                   limit=best["raw_single"]),
             Figure("ingest.http_long_polling_updates_per_s", best["http_polling"], "updates/s",
                    limit=best["raw_single"]),
             Figure("ingest.raw_single_xadd_per_s", best["raw_single"], "entries/s"),
