@@ -43,8 +43,8 @@ class Settings:
     metrics_port: int = 9100
 
     admin_ids: frozenset[int] = frozenset()
-    models: tuple[str, ...] = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
-    default_model: str = "claude-sonnet-4-5"
+    models: tuple[str, ...] = ("claude-sonnet-5-5", "claude-haiku-4-5", "claude-opus-5-5")
+    default_model: str = "claude-sonnet-5-5"
     max_tokens: int = 2048
 
     dedupe_window_s: int = 7 * 24 * 3600

@@ -6,11 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eventbot.settings import Settings, SettingsError
 from events import Usage
 from services.agent.holds import InsufficientBalance, hold_for, plan_hold
+from services.agent.main import run_agent
 from services.agent.pricing import DEFAULT_PRICES, ModelPrice, UnknownModel, cost
 
-SONNET = DEFAULT_PRICES.price("claude-sonnet-4-5")
+SONNET = DEFAULT_PRICES.price("claude-sonnet-4-6")
 
 
 def test_rates_are_list_prices_in_micro_usd_per_million_tokens() -> None:
@@ -29,6 +31,20 @@ def test_cost_of_a_usage_rounds_up_once() -> None:
 def test_unknown_model_is_an_error_not_free() -> None:
     with pytest.raises(UnknownModel):
         DEFAULT_PRICES.cost("gpt-4", Usage(input_tokens=1))
+
+
+def test_every_model_offered_by_default_has_a_price() -> None:
+    defaults = Settings()
+    assert defaults.default_model in defaults.models
+    assert [m for m in defaults.models if m not in DEFAULT_PRICES.models] == []
+
+
+async def test_the_agent_refuses_to_start_with_a_model_it_cannot_bill() -> None:
+    # Refused before any connection is opened (nothing listens on port 1).
+    settings = Settings(redis_url="redis://127.0.0.1:1", telegram_bot_token="1:x", anthropic_api_key="k",
+                        models=("claude-haiku-4-5", "claude-sonnet-4-5"), default_model="claude-haiku-4-5")
+    with pytest.raises(SettingsError, match="EVENTBOT_MODELS .* anthropic-2026-11: claude-sonnet-4-5$"):
+        await run_agent(settings)
 
 
 def test_full_hold_when_the_balance_covers_it() -> None:

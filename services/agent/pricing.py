@@ -73,16 +73,21 @@ def _usd_per_mtok(input: float, output: float, cache_write: float, cache_read: f
     )
 
 
-# Anthropic's list prices; cache writes at the 5-minute TTL rate (1.25 × input).
-# A new table gets a new version: charges name the version they were computed with.
+# Anthropic's list prices (platform.claude.com, model overviews, 2026-11); cache writes at
+# the 5-minute TTL rate. Only models the API still serves: claude-sonnet-4-5 reaches its
+# end of life on 2026-11-30 (the SDK's own deprecation table), claude-opus-4-1, -sonnet-4-0
+# and -3-5-haiku are gone. A new table gets a new version: charges name the version they
+# were computed with, so charges made under "anthropic-2025-10" keep meaning what they said.
 DEFAULT_PRICES = PriceTable(
-    "anthropic-2025-10",
+    "anthropic-2026-11",
     {
-        "claude-sonnet-4-5": _usd_per_mtok(3, 15, 3.75, 0.30),
+        "claude-sonnet-5-5": _usd_per_mtok(2, 10, 2.50, 0.20),
+        "claude-opus-5-5": _usd_per_mtok(4, 20, 5, 0.20),
         "claude-haiku-4-5": _usd_per_mtok(1, 5, 1.25, 0.10),
-        "claude-opus-4-1": _usd_per_mtok(15, 75, 18.75, 1.50),
+        "claude-sonnet-5": _usd_per_mtok(2, 10, 2.50, 0.20),
+        "claude-opus-5": _usd_per_mtok(5, 25, 6.25, 0.50),
+        "claude-sonnet-4-6": _usd_per_mtok(3, 15, 3.75, 0.30),
+        "claude-opus-4-6": _usd_per_mtok(5, 25, 6.25, 0.50),
         "claude-opus-4-5": _usd_per_mtok(5, 25, 6.25, 0.50),
-        "claude-sonnet-4-0": _usd_per_mtok(3, 15, 3.75, 0.30),
-        "claude-3-5-haiku-latest": _usd_per_mtok(0.80, 4, 1, 0.08),
     },
 )

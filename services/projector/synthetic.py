@@ -102,7 +102,7 @@ class Traffic:
             out += self.ledger(user, [BalanceCredited(**self._env(user_key(user)), user_id=user, amount=stars * 13_000,
                                                       source="stars_payment", reference=charge)])
         if r.random() < 0.05:
-            out.append(ModelChanged(**self._env(key), **c, user_id=user, model=r.choice(["claude-sonnet-4-5", "claude-haiku-4-5"])))
+            out.append(ModelChanged(**self._env(key), **c, user_id=user, model=r.choice(["claude-sonnet-5-5", "claude-haiku-4-5"])))
         if r.random() < 0.03:
             out.append(PromptChanged(**self._env(key), **c, user_id=user, prompt=r.choice([None, self._text(3, 10)])))
         if key not in self.threads or r.random() < 0.05:
@@ -133,7 +133,7 @@ class Traffic:
         ukey = user_key(user)
         out: list[Event] = [ResponseStarted(**self._env(key), **c, response_id=rid, user_id=user,
                                             thread_id=self.threads.get(key), message_ids=(mid,),
-                                            model="claude-sonnet-4-5", max_tokens=1024)]
+                                            model="claude-sonnet-5-5", max_tokens=1024)]
         out += self.ledger(user, [BalanceReserved(**self._env(ukey), user_id=user, amount=held, hold_id=hold)])
         usage = Usage(input_tokens=r.randint(10, 3000), output_tokens=r.randint(1, 800))
         cost = min(held, usage.input_tokens * 3 + usage.output_tokens * 15)
@@ -150,7 +150,7 @@ class Traffic:
                                       retryable=False, usage=usage, cost=cost))
         out += self.ledger(user, [
             BalanceCharged(**self._env(ukey), user_id=user, amount=cost, charge_id=rid, hold_id=hold, hold_settled=cost,
-                           model="claude-sonnet-4-5", input_tokens=usage.input_tokens,
+                           model="claude-sonnet-5-5", input_tokens=usage.input_tokens,
                            output_tokens=usage.output_tokens, price_version="2026-01"),
             BalanceReleased(**self._env(ukey), user_id=user, amount=held - cost, hold_id=hold),
         ])
