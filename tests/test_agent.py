@@ -80,7 +80,7 @@ async def test_billing_charges_price_table_times_reported_usage(world: World) ->
     assert charge.amount == expected == completed.cost > 0 and charge.model == "claude-haiku-4-5"
     assert (charge.input_tokens, charge.output_tokens, charge.cache_write_tokens) == (u.input_tokens, u.output_tokens, u.cache_write_tokens)
     assert u.output_tokens == -(-len(completed.text) // 4)  # what the fake reported
-    assert charge.charge_id == completed.response_id == hold.hold_id and charge.price_version == "anthropic-2025-10"
+    assert charge.charge_id == completed.response_id == hold.hold_id and charge.price_version == "anthropic-2026-11"
     assert charge.hold_settled + release.amount == hold.amount
     head = await world.ledger.head(ADA.id)
     assert head.held == 0 and head.balance == 10 * DOLLAR - charge.amount
@@ -93,6 +93,21 @@ async def test_billing_charges_price_table_times_reported_usage(world: World) ->
     assert metrics[("bot_tokens_total", (("kind", "output"), ("model", "claude-haiku-4-5")))] == u.output_tokens
     assert metrics[("bot_responses_total", (("outcome", "completed"),))] == 1
     assert metrics[("bot_holds_outstanding", ())] == 0 and metrics[("bot_active_generations", ())] == 0
+
+
+async def test_a_model_that_thinks_first_shows_only_its_answer_and_bills_the_thinking(world: World) -> None:
+    # The current models (claude-sonnet-5-5, claude-opus-5-5) think before they answer by default.
+    world.claude.thinking_chars = 400
+    await world.credit(ADA, 10 * DOLLAR)
+    await world.start_agent()
+    await world.says(ADA, "think first")
+    [completed] = await world.wait_events(ADA.id, "response.completed")
+    [request] = world.claude.requests
+    assert world.replies(ADA.id)[-1].text == completed.text == answer_text(request.body, world.claude.answer_chars)
+    assert completed.usage.output_tokens == 400 // 4 + -(-len(completed.text) // 4)
+    await asyncio.sleep(0.2)
+    [charge] = [e for e in await world.ledger_events(ADA.id) if isinstance(e, BalanceCharged)]
+    assert charge.output_tokens == completed.usage.output_tokens and charge.amount == completed.cost
 
 
 def test_postgres_is_really_forbidden_in_these_tests(monkeypatch) -> None:
