@@ -88,3 +88,26 @@ async def test_a_burst_of_stream_events_leaves_the_event_loop_to_others() -> Non
     during = {d for d in seen_at if 0 < d < progress.deltas}
     # One turn per EVENTS_PER_SLICE events at least (socket reads alone give a handful).
     assert len(during) >= progress.deltas // EVENTS_PER_SLICE // 2, len(during)
+
+
+async def test_thinking_before_the_text_is_not_shown_and_is_billed() -> None:
+    # Current models think before they answer: a thinking block, then the text block.
+    async with FakeAnthropic(answer_chars=100, delta_chars=10, thinking_chars=300) as fake:
+        shown: list[str] = []
+        progress = Progress()
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+            await stream_answer(client, params(), progress, shown.append, retry=FAST)
+    assert progress.text == "".join(shown) == "".join(d.text for d in fake.deltas) and len(progress.text) == 100
+    assert "Considering" not in progress.text and progress.deltas == 10
+    assert progress.usage.output_tokens == 300 // 4 + 100 // 4  # the API's count: thinking and text
+
+
+async def test_a_call_cut_off_while_thinking_is_charged_for_the_thinking() -> None:
+    async with FakeAnthropic(answer_chars=100, delta_chars=10, thinking_chars=300) as fake:
+        fake.fail_next(Fault("drop", after_deltas=0))  # after the thinking block, before the first text
+        progress = Progress()
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+            with pytest.raises(ModelError):
+                await stream_answer(client, params(), progress, lambda d: None, retry=RetryPolicy(attempts=1))
+    assert progress.text == "" and progress.produced
+    assert progress.usage.output_tokens == 300 // 4 and progress.usage.input_tokens > 0

@@ -79,7 +79,8 @@ async def run_demo(settings: Settings, options: DemoOptions) -> Summary:
                 pass
 
     async with FakeTelegram() as tg, FakeAnthropic(
-        answer_chars=600, delta_chars=30, delta_delay_s=0.005, before_delta=hold_long_answers
+        # thinking_chars: the default model thinks before it answers; the user sees only the answer.
+        answer_chars=600, delta_chars=30, delta_delay_s=0.005, before_delta=hold_long_answers, thinking_chars=240,
     ) as claude:
         config = demo_settings(settings, tg, claude)
         keys = keys_for(config)

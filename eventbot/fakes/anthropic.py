@@ -91,6 +91,10 @@ class FakeAnthropic:
     delta_chars: int = 24
     delta_delay_s: float = 0.0
     stop_reason: str = "end_turn"
+    # Like the current models' adaptive thinking: a thinking block of this many characters
+    # streams before the text (block 0, the text block 1); its tokens are billed as output
+    # and count against max_tokens. 0: text only.
+    thinking_chars: int = 0
     # Called before delta ``index`` of request ``request_index`` is sent: lets a
     # test hold the model until it has seen what the bot did with earlier deltas.
     before_delta: DeltaHook | None = None
@@ -176,17 +180,23 @@ class FakeAnthropic:
             return _error(529, "overloaded_error", "Overloaded", fault.retry_after_s)
 
         text = answer_text(body, self.answer_chars)
+        thinking = ("Considering the question. " * (1 + self.thinking_chars // 26))[: self.thinking_chars]
         stop_reason = self.stop_reason
-        if count_tokens(text) > body["max_tokens"]:
+        budget = body["max_tokens"] - count_tokens(thinking)
+        if count_tokens(text) > budget:
             # Like the real model: the answer ends where max_tokens runs out.
-            text, stop_reason = text[: body["max_tokens"] * CHARS_PER_TOKEN], "max_tokens"
+            text, stop_reason = text[: max(budget, 0) * CHARS_PER_TOKEN], "max_tokens"
         usage = self._usage(body)
         if not body.get("stream"):
             return web.json_response(self._message(body, index, text, usage, final=True, stop_reason=stop_reason))
-        return await self._stream(request, body, index, text, usage, fault, stop_reason)
+        try:
+            return await self._stream(request, body, index, text, thinking, usage, fault, stop_reason)
+        except ConnectionResetError:
+            # The client went away mid-answer (a cancelled generation, a killed agent): not the server's error.
+            return web.Response(status=499)
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], index: int, text: str, usage: dict[str, int],
+        self, request: web.Request, body: dict[str, Any], index: int, text: str, thinking: str, usage: dict[str, int],
         fault: Fault | None, stop_reason: str,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
@@ -199,7 +209,18 @@ class FakeAnthropic:
 
         start_usage = dict(usage, output_tokens=1)
         await send("message_start", {"type": "message_start", "message": self._message(body, index, "", start_usage)})
-        await send("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        block = 0
+        if thinking:
+            await send("content_block_start", {"type": "content_block_start", "index": 0,
+                                               "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+            for i in range(0, len(thinking), self.delta_chars):
+                await send("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                   "delta": {"type": "thinking_delta", "thinking": thinking[i : i + self.delta_chars]}})
+            await send("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "signature_delta", "signature": f"sig_fake_{index}"}})
+            await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+            block = 1
+        await send("content_block_start", {"type": "content_block_start", "index": block, "content_block": {"type": "text", "text": ""}})
         await send("ping", {"type": "ping"})
         chunks = [text[i : i + self.delta_chars] for i in range(0, len(text), self.delta_chars)]
         for n, chunk in enumerate(chunks):
@@ -216,10 +237,10 @@ class FakeAnthropic:
                 await self.before_delta(index, n)
             if self.delta_delay_s:
                 await asyncio.sleep(self.delta_delay_s)
-            await send("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": chunk}})
+            await send("content_block_delta", {"type": "content_block_delta", "index": block, "delta": {"type": "text_delta", "text": chunk}})
             self.deltas.append(RecordedDelta(index, n, chunk, time.perf_counter()))
-        await send("content_block_stop", {"type": "content_block_stop", "index": 0})
-        final_usage = dict(usage, output_tokens=count_tokens(text))
+        await send("content_block_stop", {"type": "content_block_stop", "index": block})
+        final_usage = dict(usage, output_tokens=count_tokens(thinking) + count_tokens(text))
         await send(
             "message_delta",
             {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": final_usage},

@@ -62,6 +62,9 @@ class Progress:
     def __init__(self) -> None:
         self.text = ""
         self.deltas = 0
+        # Thinking the model streamed before its text (current models think by default):
+        # not shown to the user, but produced, so a cut-off answer is charged for it too.
+        self.thinking_chars = 0
         self.attempts = 0
         self.first_token_at: float | None = None
         self.stop_reason: str | None = None
@@ -70,11 +73,17 @@ class Progress:
         self._output_tokens: int | None = None
 
     @property
+    def produced(self) -> bool:
+        """Whether the model produced anything (text or thinking): from then on the call is charged."""
+        return bool(self.deltas or self.thinking_chars)
+
+    @property
     def usage(self) -> Usage:
         """Final usage if the API reported it, else input as reported and output estimated from the text."""
         output = self._output_tokens
         if output is None:
-            output = max(self.deltas, math.ceil(len(self.text) / CHARS_PER_OUTPUT_TOKEN)) if self.text else 0
+            produced = len(self.text) + self.thinking_chars
+            output = max(self.deltas, math.ceil(produced / CHARS_PER_OUTPUT_TOKEN)) if produced else 0
         return msgspec.structs.replace(self._input, output_tokens=output)
 
 
@@ -145,6 +154,8 @@ async def stream_answer(
                             # Let the presenter send the first text now: buffered deltas would
                             # otherwise be parsed without a yield, and the user waits for them.
                             await asyncio.sleep(0)
+                    elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
+                        progress.thinking_chars += len(event.delta.thinking)
                     elif event.type == "message_delta":
                         _final_usage(progress, event.usage)
                         progress.stop_reason = event.delta.stop_reason
@@ -163,7 +174,8 @@ async def stream_answer(
         on_retry(failure.cause)
         backoff = min(retry.cap_s, retry.base_s * 2 ** (progress.attempts - 1)) * (0.5 + random.random() / 2)
         await asyncio.sleep(min(retry.cap_s, pause) if pause is not None else backoff)
-        progress._input = Usage()
+        progress._input = Usage()  # a retried call is charged for its last attempt, like a completed one
+        progress.thinking_chars = 0
 
 
 def _open(client: anthropic.AsyncAnthropic, params: dict[str, Any]) -> Any:
