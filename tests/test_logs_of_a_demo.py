@@ -32,3 +32,6 @@ def test_a_demo_run_logs_no_secret_and_no_message_text(redis_server_url: str, da
         assert topic not in logs, f"message text in the logs: {topic!r}"
     assert "You said:" not in logs, "answer text in the logs"
     assert "eventbot demo notes" not in logs, "file content in the logs"
+    # Everything a demo does is expected (a /stop cuts a stream, an update comes twice): no error logged.
+    errors = [line for line in logs.splitlines() if '"level":"ERROR"' in line or '"level":"CRITICAL"' in line]
+    assert errors == [], errors[:3]
