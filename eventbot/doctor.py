@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from redis.asyncio import Redis
 
 from eventbot.settings import Settings
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+
+    from services.agent.pricing import PriceTable
 
 Level = Literal["ok", "warn", "fail", "skip"]
 
@@ -103,7 +108,7 @@ async def check_anthropic(settings: Settings) -> list[Check]:
     client = anthropic.AsyncAnthropic(api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, max_retries=0)
     try:
         await asyncio.wait_for(client.models.list(limit=1), 10)
-        return [Check("anthropic", "ok", "API answers")]
+        return [Check("anthropic", "ok", "API answers"), *[await check_model(client, m) for m in settings.models]]
     except anthropic.AuthenticationError:
         return [Check("anthropic", "fail", "API key rejected", "check ANTHROPIC_API_KEY")]
     except Exception as e:  # noqa: BLE001
@@ -112,12 +117,39 @@ async def check_anthropic(settings: Settings) -> list[Check]:
         await client.close()
 
 
-async def run_checks(settings: Settings, redis_factory: Callable[[], Redis]) -> list[Check]:
+async def check_model(client: AsyncAnthropic, model: str) -> Check:
+    """A configured model as the API's catalogue has it: active, deprecated (retiring) or retired (fails)."""
+    import anthropic
+
+    name, fix = f"anthropic.model.{model}", "offer another model in EVENTBOT_MODELS"
+    try:
+        info = await asyncio.wait_for(client.models.retrieve(model), 10)
+    except anthropic.NotFoundError:
+        return Check(name, "fail", "not a model the API serves: every answer with it would fail", fix)
+    if info.lifecycle == "retired":
+        return Check(name, "fail", "retired: every answer with it fails", fix)
+    if info.lifecycle == "deprecated":
+        when = f"on {info.retires_at:%Y-%m-%d}" if info.retires_at else "at a date not yet set"
+        return Check(name, "warn", f"deprecated, retiring {when}", fix)
+    return Check(name, "ok", f"{info.display_name}, active")
+
+
+def check_prices(settings: Settings, prices: PriceTable) -> list[Check]:
+    """Every offered model has a price: the agent bills by the table and refuses to start without one."""
+    unpriced = [m for m in settings.models if m not in prices.models]
+    if unpriced:
+        return [Check("prices", "fail", f"no price in table {prices.version} for {', '.join(unpriced)}",
+                      "add them to services/agent/pricing.py or leave them out of EVENTBOT_MODELS")]
+    return [Check("prices", "ok", f"table {prices.version} prices all {len(settings.models)} models")]
+
+
+async def run_checks(settings: Settings, redis_factory: Callable[[], Redis], prices: PriceTable) -> list[Check]:
     redis = redis_factory()
     try:
         checks = await check_redis(redis)
     finally:
         await redis.aclose()
+    checks += check_prices(settings, prices)
     parts: list[Awaitable[list[Check]]] = [
         check_postgres(settings.database_url), check_telegram(settings), check_anthropic(settings)
     ]

@@ -8,13 +8,19 @@ import os
 import subprocess
 import sys
 
+import anthropic
+import pytest
 from redis.asyncio import Redis
 
 from eventbot.appender import Appender
 from eventbot.consumer import Batch
+from eventbot.doctor import check_anthropic, check_prices
+from eventbot.fakes.anthropic import FakeAnthropic
 from eventbot.keys import Keys
 from eventbot.localservices import LocalRedis, free_port
+from eventbot.settings import Settings
 from events import EventCodec
+from services.agent.pricing import DEFAULT_PRICES
 from tests.factories import message
 from tests.test_consumer import Recorder, _zero, eventually, make, pending_total, running
 
@@ -105,3 +111,26 @@ def test_status_shows_groups_and_dead_letters(redis_server_url: str, namespace: 
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["namespace"] == namespace and len(status["streams"]) == 6
+
+
+async def test_doctor_names_retired_deprecated_unknown_and_unpriced_models() -> None:
+    models = ("claude-sonnet-5-5", "claude-sonnet-4-5", "claude-opus-4-1", "claude-nonesuch")
+    async with FakeAnthropic() as fake:
+        settings = Settings(anthropic_api_key="k", anthropic_base_url=fake.base_url, models=models, default_model=models[0])
+        checks = {c.name: c for c in await check_anthropic(settings)}
+    assert checks["anthropic"].level == "ok"
+    assert checks["anthropic.model.claude-sonnet-5-5"].level == "ok"
+    deprecated = checks["anthropic.model.claude-sonnet-4-5"]
+    assert deprecated.level == "warn" and "2026-11-30" in deprecated.detail and "EVENTBOT_MODELS" in deprecated.fix
+    assert checks["anthropic.model.claude-opus-4-1"].level == "fail" and "retired" in checks["anthropic.model.claude-opus-4-1"].detail
+    assert checks["anthropic.model.claude-nonesuch"].level == "fail"
+    [prices] = check_prices(settings, DEFAULT_PRICES)
+    assert prices.level == "fail" and "claude-sonnet-4-5, claude-opus-4-1, claude-nonesuch" in prices.detail
+    [priced] = check_prices(Settings(), DEFAULT_PRICES)
+    assert priced.level == "ok"
+
+
+async def test_the_fake_refuses_a_retired_model_like_the_api() -> None:
+    async with FakeAnthropic() as fake, anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+        with pytest.raises(anthropic.NotFoundError):
+            await client.messages.create(model="claude-opus-4-1", max_tokens=10, messages=[{"role": "user", "content": "hi"}])

@@ -11,6 +11,7 @@ from eventbot.commands._shared import add_json_flag, print_json, print_table, re
 from eventbot.connections import redis_client
 from eventbot.doctor import Check, run_checks
 from eventbot.settings import Settings, SettingsError
+from services.agent.pricing import DEFAULT_PRICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         url = redis_url(settings)
         checks = [Check("settings", "ok", "environment parsed")]
-        checks += run(run_checks(settings, lambda: redis_client(url, max_connections=2)))
+        checks += run(run_checks(settings, lambda: redis_client(url, max_connections=2), DEFAULT_PRICES))
     failed = any(c.level == "fail" for c in checks)
     if args.json:
         print_json({"ok": not failed, "checks": [msgspec.to_builtins(c) for c in checks]})

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from eventbot.fakes.anthropic_models import CATALOGUE, CatalogueEntry, add_model_routes
+
 __all__ = ["FakeAnthropic", "Fault", "RecordedRequest", "RecordedDelta", "answer_text", "count_tokens"]
 
 # Roughly what the real tokenizer gives for English text; only needs to be stable.
@@ -95,6 +97,8 @@ class FakeAnthropic:
     # streams before the text (block 0, the text block 1); its tokens are billed as output
     # and count against max_tokens. 0: text only.
     thinking_chars: int = 0
+    # GET /v1/models; a request naming a retired model fails like the real API's.
+    catalogue: dict[str, CatalogueEntry] = field(default_factory=lambda: dict(CATALOGUE))
     # Called before delta ``index`` of request ``request_index`` is sent: lets a
     # test hold the model until it has seen what the bot did with earlier deltas.
     before_delta: DeltaHook | None = None
@@ -118,6 +122,7 @@ class FakeAnthropic:
     async def start(self) -> str:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._messages)
+        add_model_routes(app, self.catalogue)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.host, self.port)
@@ -173,6 +178,9 @@ class FakeAnthropic:
         problem = _validate(body)
         if problem:
             return _error(400, "invalid_request_error", problem)
+        listed = self.catalogue.get(body["model"])
+        if listed is not None and listed.lifecycle == "retired":
+            return _error(404, "not_found_error", f"model: {body['model']}")
         fault = self.faults.pop(0) if self.faults else None
         if fault and fault.kind == "http_429":
             return _error(429, "rate_limit_error", "Number of requests has exceeded your rate limit", fault.retry_after_s)
