@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+from eventbot.appender import Appender
 from eventbot.fakes.telegram import FakeTelegram
-from events import BalanceCredited, CommandIssued, ModelChanged, PromptChanged, ThreadCreated
+from eventbot.ids import new_event_id
+from events import BalanceCredited, CommandIssued, ModelChanged, PromptChanged, ThreadCreated, chat_key
 from services.ingest.main import Ingest
 from services.ingest.menu import register_commands
+from tests.factories import now
 from tests.ingest_env import (  # noqa: F401 - fixtures
     ADA,
     ADMIN,
@@ -82,6 +85,19 @@ async def test_model_keyboard_and_choice(fake_tg: FakeTelegram, ingest: Ingest, 
     assert menu.text == "Model set to claude-haiku-4-5."
     assert fake_tg.messages(ADA.id)[1].text == "Current model: claude-haiku-4-5. Choose one:"  # from the read model
     assert len(fake_tg.calls("answerCallbackQuery")) == 2
+
+
+async def test_a_model_no_longer_offered_is_not_shown_as_current(fake_tg: FakeTelegram, ingest: Ingest,
+                                                                  appender: Appender, settings) -> None:
+    # Chosen before it was retired (claude-opus-4-1 was offered until 2026-11): the agent answers
+    # with the default now, so that is what /model says.
+    assert "claude-opus-4-1" not in settings.models
+    await appender.append(ModelChanged(event_id=new_event_id(), occurred_at=now(), partition_key=chat_key(ADA.id),
+                                       chat_id=ADA.id, user_id=ADA.id, model="claude-opus-4-1"))
+    async with polling(ingest):
+        fake_tg.send_text(ADA, "/model")
+        await fake_tg.wait_for(lambda: bool(fake_tg.messages(ADA.id)))
+    assert fake_tg.messages(ADA.id)[0].text == f"Current model: {settings.default_model}. Choose one:"
 
 
 async def test_new_prompt_and_stop_append_their_events(fake_tg: FakeTelegram, ingest: Ingest, redis, keys,

@@ -65,7 +65,8 @@ async def model(
     if not await record_command(message, origin, appender, command):
         return
     view = await read_models.user(message.from_user.id)
-    current = (view.model if view else None) or settings.default_model
+    # A model no longer offered (retired since the user chose it) is not what answers: the default is.
+    current = view.model if view is not None and view.model in settings.models else settings.default_model
     keyboard = InlineKeyboardMarkup(inline_keyboard=[
         [InlineKeyboardButton(text=("✓ " if m == current else "") + m, callback_data=f"model:{m}")]
         for m in settings.models
