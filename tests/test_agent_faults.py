@@ -75,6 +75,29 @@ async def test_stop_keeps_the_partial_text_charges_what_was_produced_and_release
     assert len(world.claude.deltas_of(0)) < 150  # the stream was cut, not read to the end
 
 
+@pytest.mark.parametrize("shown", [True, False], ids=["thinking-summarised", "thinking-omitted"])
+async def test_stop_while_the_model_thinks_charges_the_call_and_shows_no_text(world: World, shown: bool) -> None:
+    # Current models think before they write, billed like output; with display "omitted" the
+    # thinking block carries no text at all. Stopped then, the call still cost its input.
+    world.claude.thinking_chars, world.claude.thinking_shown = 4000, shown
+    world.claude.delta_chars, world.claude.delta_delay_s = 20, 0.02  # 200 thinking deltas: 4 s of thinking
+    await world.credit(ADA, 10**7)
+    await world.start_agent()
+    await world.says(ADA, "think hard")
+    await asyncio.wait_for(_until(lambda: len(world.claude.requests) == 1), 10)
+    await asyncio.sleep(0.5)
+    await world.says(ADA, "/stop")
+    [cancelled] = await world.wait_events(ADA.id, "response.cancelled")
+    assert world.claude.deltas_of(0) == [], "stopped before any text, as intended"
+    assert cancelled.reason == "stop" and cancelled.partial_text == ""
+    assert cancelled.usage.input_tokens > 0 and (cancelled.usage.output_tokens > 0) == shown
+    await asyncio.sleep(0.1)
+    ledger = await world.ledger_events(ADA.id)
+    [hold], [charge], [release] = of(ledger, BalanceReserved), of(ledger, BalanceCharged), of(ledger, BalanceReleased)
+    assert charge.amount == cancelled.cost == DEFAULT_PRICES.cost("claude-haiku-4-5", cancelled.usage) > 0
+    assert charge.hold_settled + release.amount == hold.amount and (await world.ledger.head(ADA.id)).held == 0
+
+
 async def test_a_message_and_its_stop_read_together_end_stopped_with_no_call_and_no_hold_left(world: World) -> None:
     """The agent finds the message and the /stop in one read (or in a takeover of both): the message
     is not dropped unanswered; it ends cancelled, the model is never called, its hold is released."""

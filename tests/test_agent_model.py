@@ -111,3 +111,25 @@ async def test_a_call_cut_off_while_thinking_is_charged_for_the_thinking() -> No
                 await stream_answer(client, params(), progress, lambda d: None, retry=RetryPolicy(attempts=1))
     assert progress.text == "" and progress.produced
     assert progress.usage.output_tokens == 300 // 4 and progress.usage.input_tokens > 0
+
+
+async def test_a_call_cut_off_during_omitted_thinking_is_charged_its_input() -> None:
+    # display "omitted": the thinking block streams no text, only a signature.
+    async with FakeAnthropic(answer_chars=100, delta_chars=10, thinking_chars=300, thinking_shown=False) as fake:
+        fake.fail_next(Fault("drop", after_deltas=0))
+        progress = Progress()
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+            with pytest.raises(ModelError):
+                await stream_answer(client, params(), progress, lambda d: None, retry=RetryPolicy(attempts=1))
+    assert progress.text == "" and progress.thinking_chars == 0 and progress.produced
+    assert progress.usage.input_tokens > 0 and progress.usage.output_tokens == 0
+
+
+async def test_a_retried_call_is_charged_for_its_last_attempt_only() -> None:
+    async with FakeAnthropic(answer_chars=100, delta_chars=10, thinking_chars=300) as fake:
+        fake.fail_next(Fault("drop", after_deltas=0))  # the first attempt thinks, then is cut before any text
+        progress = Progress()
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+            await stream_answer(client, params(), progress, lambda d: None, retry=FAST)
+    assert progress.attempts == 2 and len(progress.text) == 100
+    assert progress.thinking_chars == 300 and progress.usage.output_tokens == 300 // 4 + 100 // 4

@@ -94,9 +94,12 @@ class FakeAnthropic:
     delta_delay_s: float = 0.0
     stop_reason: str = "end_turn"
     # Like the current models' adaptive thinking: a thinking block of this many characters
-    # streams before the text (block 0, the text block 1); its tokens are billed as output
-    # and count against max_tokens. 0: text only.
+    # streams before the text (block 0, the text block 1), at the deltas' pace; its tokens
+    # are billed as output and count against max_tokens. 0: text only. Not shown: like
+    # ``display: "omitted"`` (the newest models' default), the block carries no thinking
+    # text, only its signature, though it takes as long and is billed the same.
     thinking_chars: int = 0
+    thinking_shown: bool = True
     # GET /v1/models; a request naming a retired model fails like the real API's.
     catalogue: dict[str, CatalogueEntry] = field(default_factory=lambda: dict(CATALOGUE))
     # Called before delta ``index`` of request ``request_index`` is sent: lets a
@@ -188,20 +191,17 @@ class FakeAnthropic:
             return _error(529, "overloaded_error", "Overloaded", fault.retry_after_s)
 
         text = answer_text(body, self.answer_chars)
+        # Like the real model, thinking and answer together end where max_tokens runs out.
         thinking = ("Considering the question. " * (1 + self.thinking_chars // 26))[: self.thinking_chars]
+        thinking = thinking[: body["max_tokens"] * CHARS_PER_TOKEN]
         stop_reason = self.stop_reason
         budget = body["max_tokens"] - count_tokens(thinking)
         if count_tokens(text) > budget:
-            # Like the real model: the answer ends where max_tokens runs out.
-            text, stop_reason = text[: max(budget, 0) * CHARS_PER_TOKEN], "max_tokens"
+            text, stop_reason = text[: budget * CHARS_PER_TOKEN], "max_tokens"
         usage = self._usage(body)
         if not body.get("stream"):
-            return web.json_response(self._message(body, index, text, usage, final=True, stop_reason=stop_reason))
-        try:
-            return await self._stream(request, body, index, text, thinking, usage, fault, stop_reason)
-        except ConnectionResetError:
-            # The client went away mid-answer (a cancelled generation, a killed agent): not the server's error.
-            return web.Response(status=499)
+            return web.json_response(self._message(body, index, text, usage, final=True, stop_reason=stop_reason, thinking=thinking))
+        return await self._stream(request, body, index, text, thinking, usage, fault, stop_reason)
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], index: int, text: str, thinking: str, usage: dict[str, int],
@@ -211,7 +211,16 @@ class FakeAnthropic:
         resp.headers["request-id"] = f"req_fake_{index}"
         await resp.prepare(request)
         self.responses_started += 1
+        try:
+            return await self._write_answer(request, resp, body, index, text, thinking, usage, fault, stop_reason)
+        except ConnectionResetError:
+            # The client went away mid-answer (a /stop, a killed agent): not the server's error.
+            return resp
 
+    async def _write_answer(
+        self, request: web.Request, resp: web.StreamResponse, body: dict[str, Any], index: int, text: str, thinking: str,
+        usage: dict[str, int], fault: Fault | None, stop_reason: str,
+    ) -> web.StreamResponse:
         async def send(event: str, data: dict[str, Any]) -> None:
             await resp.write(f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
 
@@ -222,8 +231,11 @@ class FakeAnthropic:
             await send("content_block_start", {"type": "content_block_start", "index": 0,
                                                "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
             for i in range(0, len(thinking), self.delta_chars):
-                await send("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                   "delta": {"type": "thinking_delta", "thinking": thinking[i : i + self.delta_chars]}})
+                if self.delta_delay_s:
+                    await asyncio.sleep(self.delta_delay_s)
+                if self.thinking_shown:
+                    await send("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                       "delta": {"type": "thinking_delta", "thinking": thinking[i : i + self.delta_chars]}})
             await send("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                "delta": {"type": "signature_delta", "signature": f"sig_fake_{index}"}})
             await send("content_block_stop", {"type": "content_block_stop", "index": 0})
@@ -258,17 +270,20 @@ class FakeAnthropic:
         return resp
 
     def _message(
-        self, body: dict[str, Any], index: int, text: str, usage: dict[str, int], final: bool = False, stop_reason: str | None = None
+        self, body: dict[str, Any], index: int, text: str, usage: dict[str, int], final: bool = False,
+        stop_reason: str | None = None, thinking: str = "",
     ) -> dict[str, Any]:
+        thought = ([{"type": "thinking", "thinking": thinking if self.thinking_shown else "", "signature": f"sig_fake_{index}"}]
+                   if thinking else [])
         return {
             "id": f"msg_fake_{index:06d}",
             "type": "message",
             "role": "assistant",
             "model": body.get("model"),
-            "content": [{"type": "text", "text": text}] if final else [],
+            "content": [*thought, {"type": "text", "text": text}] if final else [],
             "stop_reason": (stop_reason or self.stop_reason) if final else None,
             "stop_sequence": None,
-            "usage": dict(usage, output_tokens=count_tokens(text)) if final else usage,
+            "usage": dict(usage, output_tokens=count_tokens(thinking) + count_tokens(text)) if final else usage,
         }
 
     def _usage(self, body: dict[str, Any]) -> dict[str, int]:

@@ -35,6 +35,7 @@ CHARS_PER_OUTPUT_TOKEN = 4
 # burst (~0.1 ms each in the SDK) would hold up every other conversation's hot path
 # and first send. About a millisecond of parsing, then the others get a turn.
 EVENTS_PER_SLICE = 8
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 
 def stream_models() -> tuple[type, ...]:
@@ -62,8 +63,11 @@ class Progress:
     def __init__(self) -> None:
         self.text = ""
         self.deltas = 0
-        # Thinking the model streamed before its text (current models think by default):
-        # not shown to the user, but produced, so a cut-off answer is charged for it too.
+        # Thinking before the text (current models think by default): never shown to the
+        # user, but produced and billed, so a call cut off or stopped while thinking is
+        # charged too. Its text may be summarised or omitted (``display``), so the tokens
+        # estimated from it are a lower bound; the input is known either way.
+        self.thinking = False
         self.thinking_chars = 0
         self.attempts = 0
         self.first_token_at: float | None = None
@@ -72,10 +76,17 @@ class Progress:
         self._input = Usage()
         self._output_tokens: int | None = None
 
+    def reset_attempt(self) -> None:
+        """A failed attempt that showed the user nothing is retried; its usage is not the call's."""
+        self._input = Usage()
+        self._output_tokens = None
+        self.thinking = False
+        self.thinking_chars = 0
+
     @property
     def produced(self) -> bool:
         """Whether the model produced anything (text or thinking): from then on the call is charged."""
-        return bool(self.deltas or self.thinking_chars)
+        return bool(self.deltas or self.thinking)
 
     @property
     def usage(self) -> Usage:
@@ -154,6 +165,8 @@ async def stream_answer(
                             # Let the presenter send the first text now: buffered deltas would
                             # otherwise be parsed without a yield, and the user waits for them.
                             await asyncio.sleep(0)
+                    elif event.type == "content_block_start" and event.content_block.type in THINKING_BLOCKS:
+                        progress.thinking = True
                     elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
                         progress.thinking_chars += len(event.delta.thinking)
                     elif event.type == "message_delta":
@@ -172,10 +185,10 @@ async def stream_answer(
         if progress.deltas or not failure.retryable or progress.attempts >= retry.attempts:
             raise failure
         on_retry(failure.cause)
+        # Before the pause: a /stop during it ends a call that is charged for its last attempt only.
+        progress.reset_attempt()
         backoff = min(retry.cap_s, retry.base_s * 2 ** (progress.attempts - 1)) * (0.5 + random.random() / 2)
         await asyncio.sleep(min(retry.cap_s, pause) if pause is not None else backoff)
-        progress._input = Usage()  # a retried call is charged for its last attempt, like a completed one
-        progress.thinking_chars = 0
 
 
 def _open(client: anthropic.AsyncAnthropic, params: dict[str, Any]) -> Any:
