@@ -126,11 +126,16 @@ async def check_model(client: AsyncAnthropic, model: str) -> Check:
         info = await asyncio.wait_for(client.models.retrieve(model), 10)
     except anthropic.NotFoundError:
         return Check(name, "fail", "not a model the API serves: every answer with it would fail", fix)
+    except (anthropic.APIError, asyncio.TimeoutError) as e:
+        # One lookup failing (a 403, a 529, a timeout) says nothing of the model, nor of the others.
+        return Check(name, "warn", f"could not look it up: {type(e).__name__}", "run doctor again")
     if info.lifecycle == "retired":
         return Check(name, "fail", "retired: every answer with it fails", fix)
     if info.lifecycle == "deprecated":
         when = f"on {info.retires_at:%Y-%m-%d}" if info.retires_at else "at a date not yet set"
         return Check(name, "warn", f"deprecated, retiring {when}", fix)
+    if info.lifecycle != "active":
+        return Check(name, "warn", f"lifecycle {info.lifecycle!r}, unknown to this version", fix)
     return Check(name, "ok", f"{info.display_name}, active")
 
 

@@ -33,6 +33,14 @@ def test_unknown_model_is_an_error_not_free() -> None:
         DEFAULT_PRICES.cost("gpt-4", Usage(input_tokens=1))
 
 
+def test_the_default_models_are_priced_at_their_list_prices() -> None:
+    # USD per million tokens (input, output, 5-minute cache write, cache read), Anthropic's model overviews.
+    listed = {"claude-sonnet-5-5": (2, 10, 2.5, 0.2), "claude-haiku-4-5": (1, 5, 1.25, 0.1), "claude-opus-5-5": (4, 20, 5, 0.2)}
+    for model, (i, o, w, r) in listed.items():
+        assert DEFAULT_PRICES.price(model) == ModelPrice(input=round(i * 1e6), output=round(o * 1e6),
+                                                         cache_write=round(w * 1e6), cache_read=round(r * 1e6)), model
+
+
 def test_every_model_offered_by_default_has_a_price() -> None:
     defaults = Settings()
     assert defaults.default_model in defaults.models

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from eventbot.appender import Appender
 from eventbot.consumer import Batch
-from eventbot.doctor import check_anthropic, check_prices
+from eventbot.doctor import check_anthropic, check_model, check_prices
 from eventbot.fakes.anthropic import FakeAnthropic
 from eventbot.keys import Keys
 from eventbot.localservices import LocalRedis, free_port
@@ -128,6 +128,17 @@ async def test_doctor_names_retired_deprecated_unknown_and_unpriced_models() -> 
     assert prices.level == "fail" and "claude-sonnet-4-5, claude-opus-4-1, claude-nonesuch" in prices.detail
     [priced] = check_prices(Settings(), DEFAULT_PRICES)
     assert priced.level == "ok"
+
+
+async def test_doctor_reports_a_failed_model_lookup_without_hiding_the_others() -> None:
+    async with FakeAnthropic() as fake:
+        # A lookup that times out (a microsecond to answer in).
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0, timeout=0.000001) as slow:
+            [failed] = [await check_model(slow, "claude-haiku-4-5")]
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+            fine = await check_model(client, "claude-sonnet-5-5")
+    assert failed.level == "warn" and "could not look it up" in failed.detail
+    assert fine.level == "ok"
 
 
 async def test_the_fake_refuses_a_retired_model_like_the_api() -> None:

@@ -82,7 +82,7 @@ DEFAULT_PRICES = PriceTable(
     "anthropic-2026-11",
     {
         "claude-sonnet-5-5": _usd_per_mtok(2, 10, 2.50, 0.20),
-        "claude-opus-5-5": _usd_per_mtok(4, 20, 5, 0.20),
+        "claude-opus-5-5": _usd_per_mtok(4, 20, 5, 0.20),  # cache reads at 0.05 × input, as listed (not 0.1 ×)
         "claude-haiku-4-5": _usd_per_mtok(1, 5, 1.25, 0.10),
         "claude-sonnet-5": _usd_per_mtok(2, 10, 2.50, 0.20),
         "claude-opus-5": _usd_per_mtok(5, 25, 6.25, 0.50),
