@@ -1,7 +1,11 @@
-"""All logs of a whole demo run, at DEBUG: no token, no API key, no message text."""
+"""A whole demo run as a script sees it: its JSON summary, and all its logs at DEBUG
+
+(no token, no API key, no message text, no error).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,6 +28,12 @@ def test_a_demo_run_logs_no_secret_and_no_message_text(redis_server_url: str, da
         capture_output=True, text=True, timeout=280,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # What a script reads of the run: one JSON object, every check true.
+    summary = json.loads(result.stdout)
+    assert {"users", "messages", "answers", "events", "ttft_p50_ms", "ttft_p99_ms", "audit_ok", "replay_ok"} <= summary.keys()
+    assert (summary["users"], summary["messages"], summary["answers"]) == (2, 6, 6)
+    assert summary["audit_ok"] is True and summary["replay_ok"] is True and summary["ok"] is True
+    assert summary["events"] == sum(summary["events_by_type"].values()) > 6 and summary["ttft_p50_ms"] > 0
     logs = result.stderr
     assert logs.count("\n") > 20, "the run logged (DEBUG), so the check below looked at something"
     assert not TOKEN_SHAPE.search(logs)
