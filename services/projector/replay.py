@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from eventbot.keys import Keys
 from eventbot.readmodels import ArchiveLog, ReadModelBuilder
 from eventbot.readmodels.keys import ReadModelKeys
-from eventbot.readmodels.positions import Position
+from eventbot.readmodels.positions import ZERO, Position
 from events import EventCodec, default_codec
 from services.projector.handlers import POSTGRES_GROUP
 from services.projector.migrations import load, migrate
@@ -104,9 +104,15 @@ async def replay_postgres(
         # The archive, by worker processes (the same projection code); then the rest here.
         await _archive_in_processes(pool, projection, bar, streams, live=live, shadow=shadow, processes=processes)
 
+    # Compared or swapped with the live schema, the shadow must not pass the live checkpoints:
+    # under the lock it can only catch up to them, so a shadow ahead would differ (and not
+    # be swapped). The live checkpoints only move on, so these bounds stay at or behind them.
+    bounds = await _live_checkpoints(pool, live) if verify or swap else None
+
     async def project(stream: str) -> None:
         after = await projection.position(stream) if processes > 1 else None
-        async for chunk, payloads in log.stream_with_json(stream, after, None, chunk=BULK_CHUNK):
+        upto = None if bounds is None else bounds.get(stream, ZERO)  # ZERO: the live projector has none of it yet
+        async for chunk, payloads in log.stream_with_json(stream, after, upto, chunk=BULK_CHUNK):
             await projection.apply(stream, chunk, payloads)
             bar.add(len(chunk))
 
@@ -215,6 +221,19 @@ async def _run(pool: AsyncConnectionPool, ddl: str) -> None:
         await conn.execute(ddl)  # type: ignore[arg-type]  # read back from the catalog just above
 
 
+async def _live_checkpoints(pool: AsyncConnectionPool, live: str) -> dict[str, Position]:
+    async with pool.connection() as conn:
+        return await _checkpoints(conn, live)
+
+
+async def _checkpoints(conn: AsyncConnection, schema: str) -> dict[str, Position]:
+    cur = await conn.execute(
+        sql.SQL("SELECT stream, entry_ms, entry_seq FROM {}.checkpoints WHERE group_name = %s").format(sql.Identifier(schema)),
+        (POSTGRES_GROUP,),
+    )
+    return {stream: Position(ms, seq) for stream, ms, seq in await cur.fetchall()}
+
+
 async def _finish(
     pool: AsyncConnectionPool, log: ArchiveLog, projection: PostgresProjection, bar: Progress,
     report: PostgresReplayReport, *, live: str, shadow: str, verify: bool, swap: bool,
@@ -224,12 +243,7 @@ async def _finish(
         # The live projector moves its checkpoint first in every batch: with the table
         # locked it waits there, before writing anything, until this transaction ends.
         await conn.execute(sql.SQL("LOCK TABLE {}.checkpoints IN EXCLUSIVE MODE").format(lv))
-        cur = await conn.execute(
-            sql.SQL("SELECT stream, entry_ms, entry_seq FROM {}.checkpoints WHERE group_name = %s").format(lv),
-            (POSTGRES_GROUP,),
-        )
-        for stream, ms, seq in await cur.fetchall():
-            target = Position(ms, seq)
+        for stream, target in (await _checkpoints(conn, live)).items():
             at = await projection.position(stream)
             if at < target:
                 async for chunk in log.stream(stream, at, target, chunk=5000):
