@@ -141,7 +141,7 @@ async def check_model(client: AsyncAnthropic, model: str) -> Check:
 
 def check_prices(settings: Settings, prices: PriceTable) -> list[Check]:
     """Every offered model has a price: the agent bills by the table and refuses to start without one."""
-    unpriced = [m for m in settings.models if m not in prices.models]
+    unpriced = prices.unpriced(settings.models)
     if unpriced:
         return [Check("prices", "fail", f"no price in table {prices.version} for {', '.join(unpriced)}",
                       "add them to services/agent/pricing.py or leave them out of EVENTBOT_MODELS")]

@@ -212,7 +212,7 @@ class Answerer:
             assert failure is not None
             await self._deliver(presenter, UNAVAILABLE if failure.retryable else REFUSED)
 
-        usage = progress.usage if progress.produced else progress.usage.__class__()
+        usage = progress.charged_usage
         cost = self.billing.prices.cost(request.model, usage)
         if outcome == "completed":
             ttft = presenter.first_sent_at - began if presenter.first_sent_at is not None else None
@@ -339,7 +339,7 @@ class Answerer:
             event_id=terminal_ids(rid, last.occurred_at)["failed"], occurred_at=_now(), causation_id=last.event_id,
             partition_key=last.partition_key, correlation_id=last.correlation_id, chat_id=last.chat_id,
             topic_id=last.topic_id, response_id=rid, user_id=last.user_id, cause=cause, retryable=retryable,
-            partial_text=progress.text, usage=progress.usage if progress.produced else progress.usage.__class__(),
+            partial_text=progress.text, usage=progress.charged_usage,
             cost=cost, model=model,
         )
 

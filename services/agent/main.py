@@ -69,7 +69,7 @@ async def run_agent(
             raise SettingsError(f"{name} is required by the agent")
     registry = registry if registry is not None else CollectorRegistry()
     config = config or AgentConfig.from_settings(settings)
-    if unpriced := [m for m in config.models if m not in prices.models]:
+    if unpriced := prices.unpriced(config.models):
         # Found at start, not at a user's first answer with that model (which could not be billed).
         raise SettingsError(f"EVENTBOT_MODELS names models with no price in table {prices.version}: {', '.join(unpriced)}")
     stop = stop or asyncio.Event()

@@ -89,6 +89,11 @@ class Progress:
         return bool(self.deltas or self.thinking)
 
     @property
+    def charged_usage(self) -> Usage:
+        """What the call is charged for: its usage once it produced anything, else nothing."""
+        return self.usage if self.produced else Usage()
+
+    @property
     def usage(self) -> Usage:
         """Final usage if the API reported it, else input as reported and output estimated from the text."""
         output = self._output_tokens

@@ -9,7 +9,7 @@ recorded in it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -44,6 +44,10 @@ class PriceTable(msgspec.Struct, frozen=True):
 
     def cost(self, model: str, usage: Usage) -> int:
         return cost(self.price(model), usage)
+
+    def unpriced(self, models: Iterable[str]) -> list[str]:
+        """Those of ``models`` this table can't bill (in their order)."""
+        return [m for m in models if m not in self.models]
 
 
 class UnknownModel(LookupError):
