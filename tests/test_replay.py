@@ -25,9 +25,9 @@ async def test_verify_reports_equality_then_names_the_altered_table(
     redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, database_url: str
 ) -> None:
     await append(appender, Traffic(seed=11, users=5).events(400))
-    pool = await migrated_pool(database_url)
+    pool, live_pool = await migrated_pool(database_url), await migrated_pool(database_url)
     try:
-        async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)), "postgres", "p")):
+        async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(live_pool, codec, LIVE)), "postgres", "p")):
             await eventually(lambda: drained(redis, keys, "postgres"))
             report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, progress=Quiet)
             assert report.equal and all(d.equal for d in report.differences)
@@ -40,6 +40,7 @@ async def test_verify_reports_equality_then_names_the_altered_table(
         assert different[0].only_live and different[0].only_live == different[0].only_shadow, "names the row's key"
     finally:
         await pool.close()
+        await live_pool.close()
 
 
 async def test_swap_under_a_running_projector_loses_and_doubles_nothing(
@@ -47,9 +48,11 @@ async def test_swap_under_a_running_projector_loses_and_doubles_nothing(
 ) -> None:
     traffic = Traffic(seed=12, users=6)
     await append(appender, traffic.events(300))
-    pool = await migrated_pool(database_url)
+    # Each its own pool, as in production (the replay is another process): live batches
+    # wait on the replay's lock holding their connections.
+    pool, live_pool = await migrated_pool(database_url), await migrated_pool(database_url)
     try:
-        async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)),
+        async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(live_pool, codec, LIVE)),
                                     "postgres", "p", batch_size=8)):
             writer = asyncio.create_task(_keep_appending(appender, traffic, rounds=30))
             report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, swap=True,
@@ -68,6 +71,7 @@ async def test_swap_under_a_running_projector_loses_and_doubles_nothing(
         assert final.equal
     finally:
         await pool.close()
+        await live_pool.close()
 
 
 async def test_verify_and_swap_meet_a_lagging_live_projector_at_its_checkpoints(
@@ -199,3 +203,14 @@ def _as_url(conninfo: str) -> str:
     d = conninfo_to_dict(conninfo)
     auth = quote(str(d.get("user", "postgres"))) + (f":{quote(str(d['password']))}" if d.get("password") else "")
     return f"postgresql://{auth}@{d.get('host', '127.0.0.1')}:{d.get('port', 5432)}/{d['dbname']}"
+
+
+async def test_verify_refuses_a_pool_too_small_to_catch_up_under_the_lock(
+    redis: Redis, keys: Keys, codec: EventCodec, database_url: str
+) -> None:
+    pool = await migrated_pool(database_url, max_size=1)
+    try:
+        with pytest.raises(ValueError, match="at least 2 connections"):
+            await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, progress=Quiet)
+    finally:
+        await pool.close()

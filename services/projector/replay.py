@@ -85,7 +85,13 @@ async def replay_postgres(
     ``processes``: how many processes shape the archive (None: one per core, up to
     four, once the archive is large enough to repay starting them, and only with the
     default codec, which is what they decode with).
+
+    ``pool`` must be the replay's own, never the live projector's: under the lock, live
+    batches wait holding their connections, while the catch-up needs one connection
+    beside the one that holds the lock.
     """
+    if (verify or swap) and pool.max_size < 2:
+        raise ValueError("replay_postgres needs a pool of at least 2 connections to verify or swap")
     started = time.monotonic()
     async with pool.connection() as conn:
         await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
