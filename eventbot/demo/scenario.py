@@ -14,6 +14,7 @@ from typing import Literal
 from eventbot.demo.observer import Observer
 from eventbot.fakes.telegram import FakeTelegram, TgUser
 from eventbot.ledger import Ledger
+from eventbot.tasks import wait_until
 
 Kind = Literal["text", "file", "stop"]
 STOP_MARKER = "[long]"
@@ -110,11 +111,9 @@ class Conversation:
         return exchange
 
     async def _outcome(self, exchange: Exchange) -> str:
-        async with self.changed:
-            await asyncio.wait_for(
-                self.changed.wait_for(lambda: self.observer.answered(exchange.chat_id, exchange.message_id) is not None),
-                self.timeout_s,
-            )
+        await wait_until(
+            self.changed, lambda: self.observer.answered(exchange.chat_id, exchange.message_id) is not None, self.timeout_s,
+        )
         return self.observer.answered(exchange.chat_id, exchange.message_id) or "missing"
 
     def _visible_since(self, t0: float) -> float | None:

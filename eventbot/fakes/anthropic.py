@@ -22,6 +22,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from eventbot.fakes.anthropic_models import CATALOGUE, CatalogueEntry, add_model_routes
+from eventbot.tasks import wait_until
 
 __all__ = ["FakeAnthropic", "Fault", "RecordedRequest", "RecordedDelta", "answer_text", "count_tokens"]
 
@@ -155,8 +156,7 @@ class FakeAnthropic:
         self.faults.extend(faults)
 
     async def wait_requests(self, n: int, timeout: float = 10.0) -> list[RecordedRequest]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.requests) >= n), timeout)
+        await wait_until(self._changed, lambda: len(self.requests) >= n, timeout)
         return self.requests[:n]
 
     def deltas_of(self, request_index: int) -> list[RecordedDelta]:

@@ -38,6 +38,7 @@ from eventbot.fakes.telegram_records import (
     WebhookDelivery,
 )
 from eventbot.fakes.telegram_updates import FileKind, TgChat, TgUser
+from eventbot.tasks import wait_until
 
 __all__ = [
     "FakeTelegram", "TgUser", "TgChat", "Call", "SentMessage", "Draft", "Invoice", "StoredFile",
@@ -319,8 +320,7 @@ class FakeTelegram(MethodsMixin):
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``predicate()`` holds; it is re-checked after every call and delivery."""
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+        await wait_until(self._changed, predicate, timeout)
 
     # ----- HTTP ----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ request's parameters (strings from a form, typed values from JSON) and returns t
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import html
 import json
 import re
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from eventbot.fakes.telegram_records import ApiError, Draft, Invoice, PreCheckoutAnswer, SentMessage, bad_request
+from eventbot.tasks import wait_until
 
 if TYPE_CHECKING:
     from eventbot.fakes.telegram import FakeTelegram
@@ -68,16 +69,11 @@ class MethodsMixin:
         self._poll_generation += 1
         generation = self._poll_generation
         if not self._pending and timeout:
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(
-                        self._changed.wait_for(
-                            lambda: bool(self._pending) or self._poll_generation != generation or self._closing
-                        ),
-                        timeout,
-                    )
-                except asyncio.TimeoutError:
-                    pass
+            with contextlib.suppress(TimeoutError):
+                await wait_until(
+                    self._changed, lambda: bool(self._pending) or self._poll_generation != generation or self._closing,
+                    timeout,
+                )
             if self._poll_generation != generation and not self._closing:
                 raise ApiError(409, "Conflict: terminated by other getUpdates request; "
                                     "make sure that only one bot instance is running")
