@@ -46,7 +46,9 @@ DEFAULT_SEED = 20261122
 DEFAULT_KILLS = 60  # the issue asks for at least 50 across a run
 # The test fails on its own clock, inside the event loop, before pytest-timeout's signal
 # (which lands in any frame, can leave tasks that never finish cancelling, and hang the run).
-BUDGET_S = 540
+# A restart waits until the new process serves; on a slow boot of a loaded 2-core machine
+# 60 of them have taken over 540 s.
+BUDGET_S = 840
 # Agents hold answers in flight, so they are the likeliest to leave something half done.
 WEIGHTS = {"ingest": 3, "agent": 4, "projector": 3}
 
@@ -55,21 +57,24 @@ def chaos_seed() -> int:
     return int(os.environ.get("EVENTBOT_CHAOS_SEED", DEFAULT_SEED))
 
 
-async def kill_at_random(system: System, rng: random.Random, kills: int, gap_s: tuple[float, float]) -> Counter[str]:
+async def kill_at_random(
+    system: System, rng: random.Random, kills: int, gap_s: tuple[float, float], done: Counter[str], restarts_s: list[float],
+) -> None:
     """``kills`` SIGKILLs, each of a service drawn by ``WEIGHTS`` after a random pause; each restarted at once.
 
     The pause counts from the moment the last restarted process serves again: on
     a loaded 2-core machine a start takes seconds, and kills faster than that
-    would test only the start-up.
+    would test only the start-up. ``done`` and ``restarts_s`` fill as it goes (a budget
+    running out can say how far it got).
     """
-    done: Counter[str] = Counter()
     for _ in range(kills):
         await asyncio.sleep(rng.uniform(*gap_s))
         name = rng.choices(SERVICES, weights=[WEIGHTS[s] for s in SERVICES])[0]
         system.ensure_running()
+        started = time.monotonic()
         await asyncio.to_thread(system.restart, name)
+        restarts_s.append(time.monotonic() - started)
         done[name] += 1
-    return done
 
 
 async def measure_loop_lag(late_s: list[float], period_s: float = 0.01) -> None:
@@ -86,7 +91,7 @@ def _ms(sorted_s: list[float], q: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(BUDGET_S + 60)
 async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, database_url, namespace) -> None:
     seed = chaos_seed()
     kills = int(os.environ.get("EVENTBOT_CHAOS_KILLS", DEFAULT_KILLS))
@@ -96,6 +101,9 @@ async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, da
     redis.start()
     system: System | None = None
     traffic: Traffic | None = None
+    killed: Counter[str] = Counter()
+    restarts_s: list[float] = []
+    phase = "starting"
     try:
         async with asyncio.timeout(BUDGET_S), FakeTelegram() as tg, \
                 FakeAnthropic(answer_chars=500, delta_chars=40, delta_delay_s=0.03) as claude:
@@ -107,16 +115,21 @@ async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, da
             late_s: list[float] = []
             lag_probe = asyncio.create_task(measure_loop_lag(late_s))
             try:
-                killed = await kill_at_random(system, rng, kills, gap_s=(0.5, 3.0))
+                phase = "killing"
+                await kill_at_random(system, rng, kills, (0.5, 3.0), killed, restarts_s)
             finally:
                 lag_probe.cancel()
+            phase = "stopping traffic"
             errors = await traffic.stop()
+            phase = "catching up"
             await system.caught_up()
+            phase = "verifying"
             report = await verify(system, traffic, errors)
             report.figures.update(
                 seed=seed, kills=sum(killed.values()), kills_by_service=dict(killed),
                 unexplained_exits=system.exits(), pay_retries=sum(c.pay_retries for c in traffic.conversations),
                 traffic_seconds=round(time.monotonic() - started),
+                restart_s={"p50": round(sorted(restarts_s)[len(restarts_s) // 2], 2), "max": round(max(restarts_s), 2)},
                 model_requests=len(claude.requests),
                 test_loop_late_ms={"p50": _ms(sorted(late_s), 0.5), "p99": _ms(sorted(late_s), 0.99),
                                    "max": _ms(sorted(late_s), 1.0)},
@@ -129,6 +142,11 @@ async def test_services_killed_at_random_lose_and_duplicate_nothing(tmp_path, da
                 # Everything else held; what remains is the Bot API's non-idempotent send, named here.
                 lag = report.figures["test_loop_late_ms"]
                 pytest.xfail(f"(test loop late p99 {lag['p99']} ms, max {lag['max']} ms) " + "; ".join(report.known_window)[:3000])
+    except TimeoutError as e:
+        raise AssertionError(
+            f"time budget of {BUDGET_S}s spent while {phase}, after {sum(killed.values())} of {kills} kills"
+            f" (restarts took {sum(restarts_s):.0f}s in all, the longest {max(restarts_s, default=0):.1f}s)"
+        ) from e
     finally:
         if traffic is not None:
             traffic.cancel()
