@@ -1,4 +1,4 @@
-"""Stopping a task without swallowing a cancellation meant for the one that stops it."""
+"""Waiting that cancellation cannot break: on a task being stopped, and on a condition with a deadline."""
 
 from __future__ import annotations
 
