@@ -162,3 +162,11 @@ async def test_a_redelivered_message_is_answered_alone_before_a_fresh_one() -> N
 async def test_a_fresh_message_does_not_cancel_a_takeovers_answer() -> None:
     # The takeover finishes what the dead agent began; the fresh message is answered after it.
     assert await second_message_mid_answer(redelivered(12), job(14)) == [([12], None), ([14], None)]
+
+
+async def test_a_redelivered_message_does_not_cancel_a_fresh_answer() -> None:
+    """Seen in a Redis-kill run: message 46 was answered, its ack lost to the outage; the user's
+    next message 47 was being answered when 46 came back from the pending list. It superseded
+    47's answer (cancelled, nothing sent); 46 was then found answered, and 47, its response
+    ended, was never answered again."""
+    assert await second_message_mid_answer(job(47), redelivered(46)) == [([47], None), ([46], None)]

@@ -7,7 +7,7 @@ to be acked in the same XACK). Messages that arrive within the merge window are
 answered together, except that messages redelivered to a takeover are answered
 before and apart from fresh ones. A message arriving while an answer streams
 either cancels it and restarts with both (``cancel``; a takeover's answer is let
-finish) or waits for it (``queue``). ``/stop``
+finish, and a redelivered message never cancels) or waits for it (``queue``). ``/stop``
 cancels the answer in progress, and messages still waiting are answered as
 stopped: never asked of the model, but ended with their terminal event and
 their hold (one an agent that died placed before a takeover) released, so no
@@ -66,7 +66,12 @@ class ChatSession:
             self._waiting.append(waiting)
             self._last_arrival = time.monotonic()
             self._arrived.set()
-            if self._current is not None and self.on_new_message == "cancel" and not _takeover(self._current[0]):
+            # Only a fresh message supersedes. A redelivered one (its ack lost to a Redis
+            # outage or a kill) is answered alone, after this answer: superseding for it
+            # would end this answer as cancelled and, its response having ended, never
+            # answer it again.
+            if (self._current is not None and self.on_new_message == "cancel" and not _redelivered(waiting)
+                    and not _takeover(self._current[0])):
                 self._current[1].set("superseded")
         if self.idle:
             self._runner = asyncio.create_task(self._run())
