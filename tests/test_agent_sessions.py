@@ -170,3 +170,18 @@ async def test_a_redelivered_message_does_not_cancel_a_fresh_answer() -> None:
     47's answer (cancelled, nothing sent); 46 was then found answered, and 47, its response
     ended, was never answered again."""
     assert await second_message_mid_answer(job(47), redelivered(46)) == [([47], None), ([46], None)]
+
+
+async def test_a_stop_stops_only_the_messages_before_it() -> None:
+    """A /stop whose ack was lost to an outage comes back after the user's next message: it
+    must not stop that answer. It stops what came before it, as when it was first read."""
+    answers = Answers()
+    session = ChatSession(answers, merge_window_s=0, on_new_message="cancel")
+    answering = asyncio.create_task(session.message(job(47)))
+    await answers.running.wait()
+    session.stop(user_id=9, at=("s", "46-1"))  # the /stop of message 46, redelivered
+    await asyncio.sleep(0.05)
+    assert not answering.done()
+    session.stop(user_id=9, at=("s", "48-0"))  # a /stop sent after message 47
+    await asyncio.wait_for(answering, 1)
+    assert answers.calls == [([47], "stop")]

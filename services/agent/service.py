@@ -31,7 +31,7 @@ class AgentHandler:
                 case CommandIssued(command=command) as c if command.lower().lstrip("/") in STOP_COMMANDS:
                     session = self.sessions.find(c.chat_id, c.topic_id)
                     if session is not None:
-                        session.stop(c.user_id)
+                        session.stop(c.user_id, at=(d.stream, d.entry_id))
                 case _:
                     pass
         return together

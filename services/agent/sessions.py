@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from eventbot.readmodels.positions import Position
 from services.agent.answer import Cancel, Job
 
 log = logging.getLogger("eventbot.agent.sessions")
@@ -77,10 +78,14 @@ class ChatSession:
             self._runner = asyncio.create_task(self._run())
         return await asyncio.shield(waiting.done)
 
-    def stop(self, user_id: int | None = None) -> None:
-        """Cancel what ``user_id`` asked for (None: everything); in a group, others' answers go on."""
+    def stop(self, user_id: int | None = None, at: tuple[str, str] | None = None) -> None:
+        """Cancel what ``user_id`` asked for (None: everything); in a group, others' answers go on.
+
+        ``at``: the /stop's (stream, entry id). It stops only messages before it: a /stop
+        redelivered (its ack lost to an outage) must not stop the user's next question.
+        """
         def mine(w: _Waiting) -> bool:
-            return user_id is None or w.job.event.user_id == user_id
+            return (user_id is None or w.job.event.user_id == user_id) and (at is None or _before(w.job, at))
 
         if self._current is not None and any(mine(w) for w in self._current[0]):
             self._current[1].set("stop")
@@ -139,6 +144,12 @@ class ChatSession:
                 await asyncio.wait_for(self._arrived.wait(), pause)
             except asyncio.TimeoutError:
                 return
+
+
+def _before(job: Job, at: tuple[str, str]) -> bool:
+    """``job``'s message came before the entry ``at`` (one chat's entries share a stream; other streams can't be ordered, so count as before)."""
+    stream, entry_id = at
+    return job.stream != stream or Position.parse(job.entry_id) < Position.parse(entry_id)
 
 
 def _redelivered(w: _Waiting) -> bool:
