@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from eventbot.appender import Appender
 from eventbot.cli import main as cli
+from eventbot.consumer import Consumer
 from eventbot.keys import Keys
 from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder, RedisReadModels
 from events import EventCodec
@@ -25,9 +30,8 @@ async def test_verify_reports_equality_then_names_the_altered_table(
     redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, database_url: str
 ) -> None:
     await append(appender, Traffic(seed=11, users=5).events(400))
-    pool, live_pool = await migrated_pool(database_url), await migrated_pool(database_url)
-    try:
-        async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(live_pool, codec, LIVE)), "postgres", "p")):
+    async with _pools(database_url) as (pool, live_pool):
+        async with running(_live_projector(redis, keys, codec, live_pool)):
             await eventually(lambda: drained(redis, keys, "postgres"))
             report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, progress=Quiet)
             assert report.equal and all(d.equal for d in report.differences)
@@ -35,12 +39,9 @@ async def test_verify_reports_equality_then_names_the_altered_table(
                 await conn.execute("UPDATE eventbot.responses SET cost = cost + 1"
                                    " WHERE response_id = (SELECT response_id FROM eventbot.responses ORDER BY 1 LIMIT 1)")
             report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, progress=Quiet)
-        different = [d for d in report.differences if not d.equal]
-        assert not report.equal and [d.table for d in different] == ["responses"]
-        assert different[0].only_live and different[0].only_live == different[0].only_shadow, "names the row's key"
-    finally:
-        await pool.close()
-        await live_pool.close()
+    different = [d for d in report.differences if not d.equal]
+    assert not report.equal and [d.table for d in different] == ["responses"]
+    assert different[0].only_live and different[0].only_live == different[0].only_shadow, "names the row's key"
 
 
 async def test_swap_under_a_running_projector_loses_and_doubles_nothing(
@@ -48,12 +49,8 @@ async def test_swap_under_a_running_projector_loses_and_doubles_nothing(
 ) -> None:
     traffic = Traffic(seed=12, users=6)
     await append(appender, traffic.events(300))
-    # Each its own pool, as in production (the replay is another process): live batches
-    # wait on the replay's lock holding their connections.
-    pool, live_pool = await migrated_pool(database_url), await migrated_pool(database_url)
-    try:
-        async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(live_pool, codec, LIVE)),
-                                    "postgres", "p", batch_size=8)):
+    async with _pools(database_url) as (pool, live_pool):
+        async with running(_live_projector(redis, keys, codec, live_pool, batch_size=8)):
             writer = asyncio.create_task(_keep_appending(appender, traffic, rounds=30))
             report = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="shadow", verify=True, swap=True,
                                            progress=Quiet)
@@ -69,9 +66,6 @@ async def test_swap_under_a_running_projector_loses_and_doubles_nothing(
         # And it equals a clean replay of everything.
         final = await replay_postgres(pool, redis, keys, codec, live=LIVE, shadow="again", verify=True, progress=Quiet)
         assert final.equal
-    finally:
-        await pool.close()
-        await live_pool.close()
 
 
 async def test_verify_and_swap_meet_a_lagging_live_projector_at_its_checkpoints(
@@ -96,8 +90,24 @@ async def test_verify_and_swap_meet_a_lagging_live_projector_at_its_checkpoints(
         await pool.close()
 
 
+@contextlib.asynccontextmanager
+async def _pools(database_url: str) -> AsyncIterator[tuple[AsyncConnectionPool, AsyncConnectionPool]]:
+    """(the replay's pool, the live projector's): each its own, as in production (the replay is
+    another process), for live batches wait on the replay's lock holding their connections."""
+    pool, live_pool = await migrated_pool(database_url), await migrated_pool(database_url)
+    try:
+        yield pool, live_pool
+    finally:
+        await pool.close()
+        await live_pool.close()
+
+
+def _live_projector(redis: Redis, keys: Keys, codec: EventCodec, pool: AsyncConnectionPool, **config: Any) -> Consumer:
+    return consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)), "postgres", "p", **config)
+
+
 async def _project_until_drained(pool, redis: Redis, keys: Keys, codec: EventCodec) -> None:  # type: ignore[no-untyped-def]
-    async with running(consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)), "postgres", "p")):
+    async with running(_live_projector(redis, keys, codec, pool)):
         await eventually(lambda: drained(redis, keys, "postgres"))
 
 
@@ -125,7 +135,7 @@ async def test_replay_redis_switches_generation_under_a_running_builder(
         builder = ReadModelBuilder(redis, keys, Limits(), log)
         reader = RedisReadModels(redis, keys, Limits())
         async with running(consumer(redis, keys, codec, ReadModelHandler(builder), "readmodel", "rm", batch_size=8),
-                           consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, LIVE)), "postgres", "p")):
+                           _live_projector(redis, keys, codec, pool)):
             writer = asyncio.create_task(_keep_appending(appender, traffic, rounds=30))
             report = await replay_redis(redis, keys, ReadModelBuilder(redis, keys, Limits(), log), log, progress=Quiet, grace_s=0.2)
             await writer
