@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from eventbot.errors import StoreUnavailable
 from eventbot.keys import Keys
-from eventbot.redisclient import UNAVAILABLE, RedisClient
+from eventbot.redisclient import STORE_DOWN, RedisClient
 from eventbot.scripts import LuaScript
 from events import Event, EventCodec
 
@@ -81,7 +81,7 @@ class Appender:
             calls.append((keys, args))
         try:
             replies = await self._script.many(self.redis, calls)
-        except (*UNAVAILABLE, OSError) as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"append failed: {type(e).__name__}") from e
         results: list[Appended | None] = [None] * len(events)
         for (stream, positions), ids in zip(by_stream.items(), replies):

@@ -17,14 +17,12 @@ import aiohttp
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbot.errors import EventbotError, StoreUnavailable
+from eventbot.redisclient import STORE_DOWN
 from events import Attachment
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class FileTooLarge(EventbotError):
@@ -101,7 +99,7 @@ class FileCache:
         key = self.key(attachment)
         try:
             cached = await self.redis.getex(key, ex=self.ttl_s)
-        except _REDIS_DOWN as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"file cache read failed: {type(e).__name__}") from e
         if cached is not None:
             return bytes(cached)
@@ -115,7 +113,7 @@ class FileCache:
             data = await self.source.fetch(attachment.file_id, self.max_bytes)
             try:
                 await self.redis.set(key, data, ex=self.ttl_s)
-            except _REDIS_DOWN:
+            except STORE_DOWN:
                 pass  # the bytes are in hand; the cache is only an optimisation
             future.set_result(data)
             return data

@@ -19,7 +19,7 @@ import msgspec
 from eventbot.appender import AppendMetrics
 from eventbot.errors import LedgerConflict, StoreUnavailable
 from eventbot.keys import Keys
-from eventbot.redisclient import UNAVAILABLE, RedisClient
+from eventbot.redisclient import STORE_DOWN, RedisClient
 from eventbot.scripts import LuaScript
 from events import GENESIS_HASH, EventCodec, LedgerEvent
 
@@ -97,7 +97,7 @@ class Ledger:
     async def head(self, user_id: int) -> LedgerHead:
         try:
             raw = await self.redis.hmget(self._head_key(user_id), "seq", "hash", "balance", "held")
-        except (*UNAVAILABLE, OSError) as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"ledger head read failed: {type(e).__name__}") from e
         return _head(raw)
 
@@ -116,7 +116,7 @@ class Ledger:
             args += (e.type_name(), e.version, self.codec.encode(e), e.seq, e.hash, e.balance_after, e.held_after)
         try:
             reply = await self._script(self.redis, keys, args)
-        except (*UNAVAILABLE, OSError) as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"ledger append failed: {type(e).__name__}") from e
         status = reply[0].decode()
         if status == "conflict":

@@ -30,6 +30,10 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, ClusterError, TryAgainError, SlotNotCoveredError,
 )
+# What a call to the store may raise when the store, not the call, is at fault: the
+# above, or the socket itself failing. Every caller that turns an outage into
+# StoreUnavailable catches this one tuple, so a cluster error is never taken for a bug.
+STORE_DOWN: tuple[type[BaseException], ...] = (*UNAVAILABLE, OSError)
 
 
 def is_cluster_url(url: str) -> bool:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 
 from eventbot.fakes.telegram import FakeTelegram
 from eventbot.ids import new_event_id
@@ -141,3 +145,49 @@ async def test_refund_telegram_refuses_gives_the_debit_back(fake_tg: FakeTelegra
     assert len(of_type(ledger_events, BalanceRefunded)) == 1
     assert [c.amount for c in of_type(ledger_events, BalanceCredited)] == [50 * PER_STAR, 50 * PER_STAR]
     assert of_type(ledger_events, PaymentRefunded) == []
+
+
+class _ClusterBusy:
+    """The payment record's Redis, answering its first ``times`` transactions the way a cluster mid-failover does."""
+
+    def __init__(self, redis: Any, error: Exception, times: int) -> None:
+        self._redis, self._error, self.left = redis, error, times
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = self._redis.pipeline(*args, **kwargs)
+        if self.left > 0:
+            self.left -= 1
+
+            async def refuse(*_: Any, **__: Any) -> Any:
+                raise self._error
+
+            pipe.execute = refuse
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+
+@pytest.mark.parametrize("error", [ClusterError("TTL exhausted."), TryAgainError("TRYAGAIN"),
+                                   SlotNotCoveredError("slot 5 is not covered")], ids=type)
+async def test_a_cluster_that_cannot_serve_the_credit_leaves_the_payment_with_telegram(
+    fake_tg: FakeTelegram, ingest: Ingest, redis, keys, codec, ledger: Ledger, error: Exception,
+) -> None:
+    """An outage of the cluster kind is an outage: the update stays unconfirmed, then credits once.
+
+    Taken for a bug, the update would be kept aside and confirmed: the user paid Stars
+    and got no credit.
+    """
+    payments = ingest.dp.workflow_data["payments"]
+    busy = payments.redis = _ClusterBusy(payments.redis, error, times=3)
+    async with polling(ingest):
+        fake_tg.send_text(ADA, "/pay 100")
+        await fake_tg.wait_for(lambda: bool(fake_tg.invoices(ADA.id)))
+        charge_id = await fake_tg.pay(ADA, fake_tg.invoices(ADA.id)[-1])
+        assert charge_id is not None
+        await settled(fake_tg)
+    assert busy.left == 0, "the credit went through without meeting the failing cluster"
+    assert (await ledger.head(ADA.id)).balance == 100 * PER_STAR
+    ledger_events = await read_events(redis, keys, codec, "ledger")
+    assert len(of_type(ledger_events, PaymentReceived)) == len(of_type(ledger_events, BalanceCredited)) == 1
+    assert await redis.xlen(f"{keys.namespace}:ingest:rejected") == 0

@@ -14,9 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbot.errors import StoreUnavailable, TransientError
 from eventbot.keys import Keys
@@ -26,6 +24,7 @@ from eventbot.readmodels.keys import ReadModelKeys
 from eventbot.readmodels.log import Entry, EventLog
 from eventbot.readmodels.positions import Position
 from eventbot.readmodels.scripts import ReadModelScript
+from eventbot.redisclient import STORE_DOWN
 
 
 class PositionMoved(TransientError):
@@ -65,7 +64,7 @@ class ReadModelBuilder:
                 except PositionMoved:
                     continue
             raise PositionMoved(f"read-model position of {stream} keeps moving")
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"read model: {type(e).__name__}") from e
 
     async def _apply_once(self, stream: str, entries: Sequence[Entry], gen: int | None, check_gap: bool) -> int:

@@ -14,8 +14,6 @@ from typing import Any
 from uuid import UUID
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbot.errors import StoreUnavailable
 from eventbot.keys import Keys
@@ -24,6 +22,7 @@ from eventbot.readmodels.fold import ChatState, LedgerState, Limits, fold, profi
 from eventbot.readmodels.keys import ReadModelKeys
 from eventbot.readmodels.log import EventLog
 from eventbot.readmodels.positions import Position
+from eventbot.redisclient import STORE_DOWN
 from eventbot.views import Context, ResponseView, UserView
 from events import chat_key, user_key
 
@@ -132,7 +131,7 @@ class RedisReadModels:
                     return replies
                 self._gen = int(live)  # a rebuild switched generations: read again there
             return replies
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"read model read failed: {type(e).__name__}") from e
 
     def _queue_user(self, g: int, pipe: Any, user_id: int) -> None:

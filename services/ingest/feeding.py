@@ -18,16 +18,16 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiogram import Bot, Dispatcher
 from aiogram.types import Update
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbot.errors import LedgerConflict, StoreUnavailable, TransientError
+from eventbot.redisclient import UNAVAILABLE
 from services.ingest.metrics import IngestMetrics
 from services.ingest.rejected import RejectedUpdates
 
 log = logging.getLogger("eventbot.ingest")
 
-RETRYABLE = (TransientError, LedgerConflict, RedisConnectionError, RedisTimeoutError)
+# A cluster failing over or moving slots is an outage too, not a poison update (see redisclient.UNAVAILABLE).
+RETRYABLE = (TransientError, LedgerConflict, *UNAVAILABLE)
 
 
 class UpdateNotRecorded(TransientError):

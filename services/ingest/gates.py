@@ -13,19 +13,17 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbot.errors import StoreUnavailable
 from eventbot.keys import Keys
+from eventbot.redisclient import STORE_DOWN
 from events import user_key
 from events.conversation import Disposition
 from services.ingest.coalesce import Coalescer
 
 WINDOW_MS = 60_000
 Check = tuple[int, int, int]  # user id, update id, message time (ms)
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Verdict(NamedTuple):
@@ -107,7 +105,7 @@ class Gates:
             calls.append((keys, args))
         try:
             replies = await self._call_all(calls)
-        except REDIS_DOWN as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"gate check failed: {type(e).__name__}") from e
         results: list[tuple[Any, ...]] = [()] * len(checks)
         for positions, reply in zip(by_partition.values(), replies):
@@ -140,5 +138,5 @@ class Gates:
         # One top-up hint per user per period, however many messages hit the gate.
         try:
             return bool(await self.redis.set(self._key("balancehint", user_id), 1, nx=True, ex=self.hint_every_s))
-        except REDIS_DOWN as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"balance hint failed: {type(e).__name__}") from e

@@ -22,10 +22,10 @@ from redis.asyncio import Redis
 from eventbot.errors import StoreUnavailable
 from eventbot.ids import derived_id
 from eventbot.keys import Keys
+from eventbot.redisclient import STORE_DOWN
 from eventbot.ledger import Ledger, LedgerHead
 from events import BalanceCredited, BalanceRefunded, PaymentReceived, PaymentRefunded, user_key
 from services.ingest.coalesce import Appends
-from services.ingest.gates import REDIS_DOWN
 
 log = logging.getLogger("eventbot.ingest.payments")
 
@@ -75,7 +75,7 @@ class Payments:
         pipe.hget(key, "paid_at")
         try:
             *_, first_seen = await pipe.execute()
-        except REDIS_DOWN as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"payment record write failed: {type(e).__name__}") from e
         paid_at = datetime.fromtimestamp(int(first_seen), UTC)
         payment = PaymentReceived(
@@ -161,12 +161,12 @@ class Payments:
     async def _hset(self, key: str, mapping: dict[str, object]) -> None:
         try:
             await self.redis.hset(key, mapping=mapping)
-        except REDIS_DOWN as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"payment record write failed: {type(e).__name__}") from e
 
     async def _hgetall(self, key: str) -> dict[str, str]:
         try:
             raw = await self.redis.hgetall(key)
-        except REDIS_DOWN as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"payment record read failed: {type(e).__name__}") from e
         return {k.decode(): v.decode() for k, v in raw.items()}
