@@ -42,6 +42,10 @@ class Keys:
     def dead_letters(self, group: str, family: Family, partition: int) -> str:
         return f"{self.namespace}:dlq:{group}:{family}:{{{partition}}}"
 
+    def rejected_updates(self) -> str:
+        """Telegram updates ingest could not turn into events, kept aside for an operator."""
+        return f"{self.namespace}:ingest:rejected"
+
     def prefix(self) -> str:
         return f"{self.namespace}:"
 

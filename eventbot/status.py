@@ -76,7 +76,7 @@ async def collect(redis: RedisClient, keys: Keys, generation_key: str | None = N
             )
     raw = await redis.hget(ReadModelKeys(keys).pointer, "live")
     generation = raw.decode() if raw else None
-    rejected = await redis.xlen(f"{keys.namespace}:ingest:rejected")
+    rejected = await redis.xlen(keys.rejected_updates())
     return Status(keys.namespace, keys.partitions, streams, await DeadLetters(redis, keys).count(), generation, rejected)
 
 

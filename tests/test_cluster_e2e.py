@@ -52,6 +52,7 @@ from eventbot.status import collect
 from events import EventCodec, user_key
 from services.ingest import texts
 from services.ingest.gates import Gates
+from services.ingest.rejected import RejectedUpdates
 from tests.factories import credit, message
 
 pytestmark = pytest.mark.cluster
@@ -483,6 +484,7 @@ async def test_two_of_each_group_on_a_cluster_with_instances_coming_and_going(
                 assert table_rows["payments"] == types["payment.received"] == USERS
                 assert table_rows["balance_operations"] == sum(n for t, n in types.items() if t.startswith("balance."))
                 assert sum((await DeadLetters(redis, keys).count()).values()) == 0
+                assert await RejectedUpdates(redis, keys).latest() == [], "updates kept aside by ingest (update id, error)"
                 phase("archive checked")
 
                 code, out = await cli(env, "audit", "verify", "--all")

@@ -153,6 +153,36 @@ async def test_webhook_delivery_with_secret_retried_until_200(fake: FakeTelegram
     assert [d.status for d in fake.webhook_deliveries] == [503, 500, 200, 200]
 
 
+async def test_whereabouts_tells_which_update_holds_the_queue(fake: FakeTelegram, bot: Bot) -> None:
+    """What a test that waited too long prints: confirmed, or pending behind which update, answered how."""
+    down = True
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.Response(status=503 if down else 200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await bot.set_webhook(f"http://127.0.0.1:{port}/hook")
+        first, second = fake.send_text(ADA, "one")["update_id"], fake.send_text(ADA, "two")["update_id"]
+        await fake.wait_for(lambda: len(fake.webhook_deliveries) >= 2)
+        assert fake.whereabouts(second) == (
+            f"update {second} still with Telegram, 2 of 2 pending behind update {first} "
+            f"(webhook answers {{503: {len(fake.webhook_deliveries)}}}); webhook answers {{}}")
+        down = False
+        await fake.wait_for(lambda: not fake.pending_update_ids)
+        assert fake.whereabouts(second) == f"update {second} confirmed by the bot; webhook answers {{200: 1}}"
+    finally:
+        await bot.delete_webhook()
+        await runner.cleanup()
+    polled = fake.send_text(ADA, "three")["update_id"]
+    assert fake.whereabouts(polled).startswith(f"update {polled} still with Telegram, 1 of 1 pending; polled, offset")
+
+
 async def test_payments_and_commands(fake: FakeTelegram, bot: Bot) -> None:
     fake.send_text(ADA, "hi")
     await bot.set_my_commands([BotCommand(command="help", description="Help")])

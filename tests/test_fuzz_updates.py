@@ -290,7 +290,7 @@ class World:
         return out
 
     async def new_rejections(self) -> dict[int, str]:
-        stream = f"{self.keys.namespace}:ingest:rejected"
+        stream = self.keys.rejected_updates()
         found = {}
         for entry_id, fields in await self.redis.xrange(stream, min=f"({self._rejected_cursor}"):
             self._rejected_cursor = entry_id.decode()

@@ -190,4 +190,4 @@ async def test_a_cluster_that_cannot_serve_the_credit_leaves_the_payment_with_te
     assert (await ledger.head(ADA.id)).balance == 100 * PER_STAR
     ledger_events = await read_events(redis, keys, codec, "ledger")
     assert len(of_type(ledger_events, PaymentReceived)) == len(of_type(ledger_events, BalanceCredited)) == 1
-    assert await redis.xlen(f"{keys.namespace}:ingest:rejected") == 0
+    assert await redis.xlen(keys.rejected_updates()) == 0

@@ -150,7 +150,7 @@ async def test_user_seen_is_appended_when_the_profile_changes_not_per_message(fa
     assert len(of_type(await read_events(redis, keys, codec), MessageReceived)) == 4
 
 
-async def test_an_update_no_handler_can_handle_is_kept_aside(redis, namespace) -> None:  # type: ignore[no-untyped-def]
+async def test_an_update_no_handler_can_handle_is_kept_aside(redis, keys) -> None:  # type: ignore[no-untyped-def]
     """A poison update must neither stop the bot nor vanish: its raw JSON is kept for an operator."""
     import json
 
@@ -162,14 +162,15 @@ async def test_an_update_no_handler_can_handle_is_kept_aside(redis, namespace) -
     from services.ingest.rejected import RejectedUpdates
 
     class ExplodingDispatcher:  # stands in for a handler bug on an unexpected update shape
-        workflow_data = {"rejected": RejectedUpdates(redis, namespace), "ingest_metrics": IngestMetrics(CollectorRegistry())}
+        workflow_data = {"rejected": RejectedUpdates(redis, keys), "ingest_metrics": IngestMetrics(CollectorRegistry())}
 
         async def feed_update(self, bot, update):  # type: ignore[no-untyped-def]
             raise KeyError("a shape nobody expected")
 
     dp = ExplodingDispatcher()
     await feed_one(dp, None, Update(update_id=77))  # type: ignore[arg-type]  # returns: the bot goes on
-    [(_, kept)] = await redis.xrange(f"{namespace}:ingest:rejected")
+    [(_, kept)] = await redis.xrange(keys.rejected_updates())
     assert kept[b"update_id"] == b"77" and kept[b"error"] == b"KeyError"
     assert json.loads(kept[b"update"])["update_id"] == 77
+    assert await dp.workflow_data["rejected"].latest() == [(77, "KeyError")]
     assert dp.workflow_data["ingest_metrics"].updates.labels("rejected")._value.get() == 1

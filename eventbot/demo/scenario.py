@@ -7,14 +7,18 @@ conversation the way a user would: a message is answered when its response ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from eventbot.demo.observer import Observer
 from eventbot.fakes.telegram import FakeTelegram, TgUser
 from eventbot.ledger import Ledger
+from eventbot.redisclient import STORE_DOWN
 from eventbot.tasks import wait_until
+from services.ingest.rejected import RejectedUpdates
 
 Kind = Literal["text", "file", "stop"]
 STOP_MARKER = "[long]"
@@ -73,21 +77,40 @@ class Conversation:
                 self.fake.redeliver(exchange.update)
                 self.redelivered = (exchange.chat_id, exchange.message_id)
 
+    @contextlib.asynccontextmanager
+    async def _waiting(self, what: str, update: dict) -> AsyncIterator[None]:
+        """A wait that runs out says for what, and where the update that should have done it is."""
+        try:
+            yield
+        except TimeoutError:
+            raise TimeoutError(await self._why(what, update["update_id"])) from None
+
+    async def _why(self, what: str, update_id: int) -> str:
+        why = f"user {self.user.id}: {what} within {self.timeout_s:g}s; {self.fake.whereabouts(update_id)}"
+        with contextlib.suppress(*STORE_DOWN):  # the store being down is then the likelier story
+            kept = dict(await RejectedUpdates(self.ledger.redis, self.ledger.keys).latest(count=100))
+            if update_id in kept:
+                why += f"; ingest kept it aside on {kept[update_id]}"
+        return why
+
     async def _command(self, text: str) -> None:
         before = len(self.fake.messages(self.chat_id))
-        self.fake.send_text(self.user, text)
-        await self.fake.wait_for(lambda: len(self.fake.messages(self.chat_id)) > before, self.timeout_s)
+        update = self.fake.send_text(self.user, text)
+        async with self._waiting(f"no reply to {text}", update):
+            await self.fake.wait_for(lambda: len(self.fake.messages(self.chat_id)) > before, self.timeout_s)
 
     async def _top_up(self, stars: int) -> None:
-        self.fake.send_text(self.user, f"/pay {stars}")
-        await self.fake.wait_for(lambda: bool(self.fake.invoices(self.chat_id)), self.timeout_s)
-        charge = await self.fake.pay(self.user, self.fake.invoices(self.chat_id)[-1], timeout=self.timeout_s)
+        asked = self.fake.send_text(self.user, f"/pay {stars}")
+        async with self._waiting("no invoice", asked):
+            await self.fake.wait_for(lambda: bool(self.fake.invoices(self.chat_id)), self.timeout_s)
+        charge_id = await self.fake.pay(self.user, self.fake.invoices(self.chat_id)[-1], timeout=self.timeout_s)
+        charge = self.fake.charge(charge_id) if charge_id is not None else None
         if charge is None:
             raise RuntimeError(f"user {self.user.id}: the bot refused a Stars payment it issued")
         deadline = time.monotonic() + self.timeout_s
         while (await self.ledger.head(self.user.id)).balance <= 0:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"user {self.user.id}: Stars payment never credited")
+                raise TimeoutError(await self._why("Stars payment never credited", charge.update_id))
             await asyncio.sleep(0.05)
 
     async def _say(self, kind: Kind, marker: str, text: str) -> Exchange:
@@ -103,7 +126,8 @@ class Conversation:
         exchange = Exchange(self.user.id, self.chat_id, message["message_id"], kind, marker, sent_at, update)
         self.exchanges.append(exchange)
         if kind == "stop":
-            await self.fake.wait_for(lambda: self._visible_since(sent_at) is not None, self.timeout_s)
+            async with self._waiting("no answer shown to stop", update):
+                await self.fake.wait_for(lambda: self._visible_since(sent_at) is not None, self.timeout_s)
             self.fake.send_text(self.user, "/stop")
             self.stop_requested.setdefault(self.user.id, asyncio.Event()).set()
         exchange.outcome = await self._outcome(exchange)
@@ -111,9 +135,11 @@ class Conversation:
         return exchange
 
     async def _outcome(self, exchange: Exchange) -> str:
-        await wait_until(
-            self.changed, lambda: self.observer.answered(exchange.chat_id, exchange.message_id) is not None, self.timeout_s,
-        )
+        async with self._waiting(f"message {exchange.message_id} not answered", exchange.update):
+            await wait_until(
+                self.changed, lambda: self.observer.answered(exchange.chat_id, exchange.message_id) is not None,
+                self.timeout_s,
+            )
         return self.observer.answered(exchange.chat_id, exchange.message_id) or "missing"
 
     def _visible_since(self, t0: float) -> float | None:

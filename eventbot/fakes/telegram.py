@@ -18,6 +18,7 @@ import json
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -195,11 +196,12 @@ class FakeTelegram(MethodsMixin):
         charge_id: str | None = None, deliver: bool = True,
     ) -> dict[str, Any]:
         charge_id = charge_id or f"stxfake{secrets.token_hex(12)}"
-        self._charges.setdefault(charge_id, Charge(charge_id, user.id, stars, payload))
         payment = {"currency": "XTR", "total_amount": stars, "invoice_payload": payload,
                    "telegram_payment_charge_id": charge_id, "provider_payment_charge_id": ""}
         msg = self._user_message(user, chat, None, None, extra={"successful_payment": payment})
-        return self._update({"message": msg}, deliver)
+        update = self._update({"message": msg}, deliver)
+        self._charges.setdefault(charge_id, Charge(charge_id, user.id, stars, payload, update["update_id"]))
+        return update
 
     async def pay(self, user: TgUser, invoice: SentMessage, *, timeout: float = 10.0) -> str | None:
         """What Telegram does when the user pays ``invoice``: pre-checkout, then the payment.
@@ -312,6 +314,20 @@ class FakeTelegram(MethodsMixin):
 
     def charge(self, charge_id: str) -> Charge | None:
         return self._charges.get(charge_id)
+
+    def whereabouts(self, update_id: int) -> str:
+        """Where an update is on its way to the bot: for a wait that ran out, to say which side stalled."""
+        pending = self.pending_update_ids
+        answers = Counter(d.status for d in self.webhook_deliveries if d.update_id == update_id)
+        if update_id not in pending:
+            where = "confirmed by the bot"
+        else:
+            where = f"still with Telegram, {pending.index(update_id) + 1} of {len(pending)} pending"
+            if pending[0] != update_id:
+                oldest = Counter(d.status for d in self.webhook_deliveries if d.update_id == pending[0])
+                where += f" behind update {pending[0]} (webhook answers {dict(oldest)})"
+        how = f"webhook answers {dict(answers)}" if self.webhook_url or answers else f"polled, offset {self.confirmed_offset}"
+        return f"update {update_id} {where}; {how}"
 
     @property
     def pending_update_ids(self) -> list[int]:
@@ -432,11 +448,10 @@ class FakeTelegram(MethodsMixin):
             update = self._pending[0]
             status = await self.post_webhook(update)
             self.webhook_deliveries.append(WebhookDelivery(update["update_id"], status, time.perf_counter()))
-            if status == 200:
-                if self._pending and self._pending[0] is update:
-                    self._pending.pop(0)
-                self._notify_soon()
-            else:
+            if status == 200 and self._pending and self._pending[0] is update:
+                self._pending.pop(0)
+            self._notify_soon()  # waiters re-check after every delivery, answered or not
+            if status != 200:
                 await asyncio.sleep(self.webhook_retry_s)
 
 

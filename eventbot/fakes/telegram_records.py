@@ -105,6 +105,7 @@ class Charge:
     user_id: int
     stars: int
     payload: str
+    update_id: int  # the successful_payment that first told the bot
     refunded: bool = False
 
 

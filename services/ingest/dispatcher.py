@@ -57,7 +57,7 @@ def build_dispatcher(
         pricing=StarsPricing(settings.stars_packages, settings.micro_usd_per_star),
         seen_users=SeenUsers(),
         ingest_metrics=metrics,
-        rejected=RejectedUpdates(redis, keys.namespace),
+        rejected=RejectedUpdates(redis, keys),
     )
     dp.update.outer_middleware(_origin)
     register(dp)

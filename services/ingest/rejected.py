@@ -12,15 +12,16 @@ from aiogram.types import Update
 from redis.asyncio import Redis
 
 from eventbot.errors import StoreUnavailable
+from eventbot.keys import Keys
 from eventbot.redisclient import UNAVAILABLE
 
 KEEP = 10_000
 
 
 class RejectedUpdates:
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
-        self.stream = f"{namespace}:ingest:rejected"
+        self.stream = keys.rejected_updates()
 
     async def keep(self, update: Update, error: BaseException) -> None:
         try:
@@ -32,3 +33,8 @@ class RejectedUpdates:
             )
         except UNAVAILABLE as e:
             raise StoreUnavailable(f"rejected update {update.update_id} not kept: {type(e).__name__}") from e
+
+    async def latest(self, count: int = 5) -> list[tuple[int, str]]:
+        """The last ``count`` kept aside, newest first: (update id, error type)."""
+        entries = await self.redis.xrevrange(self.stream, count=count)
+        return [(int(fields[b"update_id"]), fields[b"error"].decode()) for _, fields in entries]

@@ -164,6 +164,9 @@ async def _projection(system: System, rows: list[tuple[str, str, str, dict[str, 
     dead = await system.dead_letters()
     r.figures["dead_letters"] = dead
     r.check(dead == 0, f"{dead} dead letters")
+    kept = await system.kept_aside()
+    r.figures["updates_kept_aside"] = len(kept)
+    r.check(not kept, f"updates kept aside by ingest (update id, error): {kept[:5]}")
 
 
 def _money(system: System, traffic: Traffic, rows: list[tuple[str, str, str, dict[str, Any]]], r: Report) -> None:

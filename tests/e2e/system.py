@@ -25,6 +25,7 @@ from eventbot.redisclient import RedisClient
 from eventbot.status import collect
 from eventbot.tasks import cancel_and_wait
 from events import default_codec
+from services.ingest.rejected import RejectedUpdates
 from services.projector.trimmer import REQUIRED_GROUPS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,6 +262,10 @@ class System:
 
     async def dead_letters(self) -> int:
         return sum((await DeadLetters(self.redis, self.keys).count()).values())
+
+    async def kept_aside(self) -> list[tuple[int, str]]:
+        """Updates ingest could not turn into events (a bug, or an outage taken for one)."""
+        return await RejectedUpdates(self.redis, self.keys).latest(count=100)
 
     async def cli(self, *args: str, timeout: float = 180.0) -> tuple[int, str]:
         """``eventbot <args>`` against this system (checks read Postgres directly, never through a proxy)."""
