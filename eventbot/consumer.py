@@ -23,7 +23,7 @@ import random
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 from redis.exceptions import ResponseError
@@ -448,6 +448,10 @@ class Consumer:
         finally:
             if not task.done():
                 task.cancel()
+                # Left behind (the heartbeat failed, or we were stopped): its entries stay pending
+                # and come back, so how it ends is nobody's news; without this asyncio would log
+                # an error it raises on its way out as "never retrieved".
+                task.add_done_callback(_outcome_dropped)
 
     async def _dead_letter(
         self, stream: str, family: Family, partition: int, entry_id: str, fields: dict, deliveries: int, error: BaseException
@@ -507,6 +511,11 @@ class Consumer:
             except TRANSIENT:
                 failures += 1
                 await self._backoff(failures)
+
+
+def _outcome_dropped(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

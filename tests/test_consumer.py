@@ -429,3 +429,43 @@ async def test_entries_a_handler_completed_together_are_acked_in_its_ack(
         await eventually(lambda: second_handed.is_set())
         await eventually(lambda: _zero(pending_total(redis, keys)))
         release.set()
+
+
+async def test_a_handler_left_behind_by_a_failed_heartbeat_is_not_reported_lost(
+    redis: Redis, keys: Keys, codec: EventCodec
+) -> None:
+    """Redis goes away mid-handler: the batch stays pending for later, and asyncio logs no 'never retrieved'."""
+    import gc
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from eventbot.consumer import Delivery
+
+    class HeartbeatFails:  # Redis, except that the heartbeat's XCLAIM finds it gone
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(redis, name)
+
+        async def xclaim(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise RedisConnectionError("Redis went away")
+
+    async def handler(batch: Batch) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RuntimeError("its clean-up needed the store too") from None
+
+    consumer = make(HeartbeatFails(), keys, codec, handler, "c1", claim_idle_ms=30)  # type: ignore[arg-type]
+    stream = keys.stream("conv", 0)
+    batch = Batch("g", stream, "conv", 0, (Delivery(stream, "1-0", message(1, "hi"), 1),))
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+    try:
+        with pytest.raises(RedisConnectionError):
+            await consumer._with_heartbeat(batch)
+        await asyncio.sleep(0.05)  # the abandoned handler ends, with its error
+        gc.collect()  # a task whose error nobody read says so when it is collected
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
