@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -123,6 +125,21 @@ async def test_files_download_and_size_limit(fake: FakeTelegram, bot: Bot) -> No
         await bot.get_file(huge["message"]["video"]["file_id"])
 
 
+@contextlib.asynccontextmanager
+async def hook_server(hook: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
+    """A webhook endpoint on loopback that answers with ``hook``; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        await runner.cleanup()
+
+
 async def test_webhook_delivery_with_secret_retried_until_200(fake: FakeTelegram, bot: Bot) -> None:
     seen: list[tuple[str | None, int]] = []
     answers = iter([503, 500, 200, 200])
@@ -131,23 +148,15 @@ async def test_webhook_delivery_with_secret_retried_until_200(fake: FakeTelegram
         seen.append((request.headers.get(SECRET_HEADER), (await request.json())["update_id"]))
         return web.Response(status=next(answers))
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with hook_server(hook) as url:
         with pytest.raises(TelegramBadRequest, match="loopback"):
             await bot.set_webhook("https://example.com/hook")  # the fake never leaves the machine
-        await bot.set_webhook(f"http://127.0.0.1:{port}/hook", secret_token="abc")
+        await bot.set_webhook(url, secret_token="abc")
         with pytest.raises(TelegramConflictError):
             await bot(GetUpdates(timeout=0))  # as Telegram: no polling while a webhook is set
         first, second = fake.send_text(ADA, "one"), fake.send_text(ADA, "two")
         await fake.wait_for(lambda: not fake.pending_update_ids)
-    finally:
         await bot.delete_webhook()
-        await runner.cleanup()
     ids = [first["update_id"]] * 3 + [second["update_id"]]
     assert seen == [("abc", i) for i in ids]
     assert [d.status for d in fake.webhook_deliveries] == [503, 500, 200, 200]
@@ -160,14 +169,8 @@ async def test_whereabouts_tells_which_update_holds_the_queue(fake: FakeTelegram
     async def hook(request: web.Request) -> web.Response:
         return web.Response(status=503 if down else 200)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        await bot.set_webhook(f"http://127.0.0.1:{port}/hook")
+    async with hook_server(hook) as url:
+        await bot.set_webhook(url)
         first, second = fake.send_text(ADA, "one")["update_id"], fake.send_text(ADA, "two")["update_id"]
         await fake.wait_for(lambda: len(fake.webhook_deliveries) >= 2)
         assert fake.whereabouts(second) == (
@@ -176,9 +179,7 @@ async def test_whereabouts_tells_which_update_holds_the_queue(fake: FakeTelegram
         down = False
         await fake.wait_for(lambda: not fake.pending_update_ids)
         assert fake.whereabouts(second) == f"update {second} confirmed by the bot; webhook answers {{200: 1}}"
-    finally:
         await bot.delete_webhook()
-        await runner.cleanup()
     polled = fake.send_text(ADA, "three")["update_id"]
     assert fake.whereabouts(polled).startswith(f"update {polled} still with Telegram, 1 of 1 pending; polled, offset")
 
