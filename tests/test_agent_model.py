@@ -133,3 +133,23 @@ async def test_a_retried_call_is_charged_for_its_last_attempt_only() -> None:
             await stream_answer(client, params(), progress, lambda d: None, retry=FAST)
     assert progress.attempts == 2 and len(progress.text) == 100
     assert progress.thinking_chars == 300 and progress.usage.output_tokens == 300 // 4 + 100 // 4
+
+
+async def test_the_warm_up_streams_a_canned_answer_without_touching_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent pays the SDK's first-use costs at start; that must never become a request to anyone."""
+    import socket
+
+    from services.agent.warmup import warm_up
+
+    async def no_connection(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the warm-up opened a connection")
+
+    def no_socket(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the warm-up connected a socket")
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_connection", no_connection)
+    monkeypatch.setattr(socket.socket, "connect", no_socket)
+    progress = await warm_up("claude-haiku-4-5")
+    # Parsed as a real answer is: the whole event sequence, through the same code.
+    assert (progress.text, progress.stop_reason, progress.deltas, progress.message_id) == ("Ready.", "end_turn", 1, "msg_warmup")
+    assert progress.usage.input_tokens == 12 and progress.usage.output_tokens == 3

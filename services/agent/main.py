@@ -36,6 +36,7 @@ from services.agent.metrics import AgentMetrics
 from services.agent.pricing import DEFAULT_PRICES, PriceTable
 from services.agent.service import AgentHandler
 from services.agent.sessions import Sessions
+from services.agent.warmup import warm_up
 
 log = logging.getLogger("eventbot.agent")
 
@@ -103,6 +104,7 @@ async def run_agent(
         consumer = Consumer(
             redis, keys, codec, AgentHandler(sessions), keys.streams("conv"), consumer_config, ConsumerMetrics(registry)
         )
+        await warm_up(config.default_model)  # before the first message, so no user waits for it
         running = asyncio.create_task(consumer.run())
         if started is not None:
             asyncio.create_task(_signal_when(consumer.started, started))
