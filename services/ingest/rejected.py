@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from eventbot.errors import StoreUnavailable
 from eventbot.keys import Keys
-from eventbot.redisclient import UNAVAILABLE
+from eventbot.redisclient import STORE_DOWN
 
 KEEP = 10_000
 
@@ -31,7 +31,7 @@ class RejectedUpdates:
                  "update": update.model_dump_json(exclude_none=True)},
                 maxlen=KEEP, approximate=True,
             )
-        except UNAVAILABLE as e:
+        except STORE_DOWN as e:
             raise StoreUnavailable(f"rejected update {update.update_id} not kept: {type(e).__name__}") from e
 
     async def latest(self, count: int = 5) -> list[tuple[int, str]]:
