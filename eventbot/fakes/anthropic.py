@@ -23,6 +23,7 @@ from aiohttp import web
 
 from eventbot.fakes.anthropic_models import CATALOGUE, CatalogueEntry, add_model_routes
 from eventbot.tasks import wait_until
+from services.agent.warmup import sse_event
 
 __all__ = ["FakeAnthropic", "Fault", "RecordedRequest", "RecordedDelta", "answer_text", "count_tokens"]
 
@@ -221,27 +222,27 @@ class FakeAnthropic:
         self, request: web.Request, resp: web.StreamResponse, body: dict[str, Any], index: int, text: str, thinking: str,
         usage: dict[str, int], fault: Fault | None, stop_reason: str,
     ) -> web.StreamResponse:
-        async def send(event: str, data: dict[str, Any]) -> None:
-            await resp.write(f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+        async def send(data: dict[str, Any]) -> None:
+            await resp.write(sse_event(data))
 
         start_usage = dict(usage, output_tokens=1)
-        await send("message_start", {"type": "message_start", "message": self._message(body, index, "", start_usage)})
+        await send({"type": "message_start", "message": self._message(body, index, "", start_usage)})
         block = 0
         if thinking:
-            await send("content_block_start", {"type": "content_block_start", "index": 0,
+            await send({"type": "content_block_start", "index": 0,
                                                "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
             for i in range(0, len(thinking), self.delta_chars):
                 if self.delta_delay_s:
                     await asyncio.sleep(self.delta_delay_s)
                 if self.thinking_shown:
-                    await send("content_block_delta", {"type": "content_block_delta", "index": 0,
+                    await send({"type": "content_block_delta", "index": 0,
                                                        "delta": {"type": "thinking_delta", "thinking": thinking[i : i + self.delta_chars]}})
-            await send("content_block_delta", {"type": "content_block_delta", "index": 0,
+            await send({"type": "content_block_delta", "index": 0,
                                                "delta": {"type": "signature_delta", "signature": f"sig_fake_{index}"}})
-            await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+            await send({"type": "content_block_stop", "index": 0})
             block = 1
-        await send("content_block_start", {"type": "content_block_start", "index": block, "content_block": {"type": "text", "text": ""}})
-        await send("ping", {"type": "ping"})
+        await send({"type": "content_block_start", "index": block, "content_block": {"type": "text", "text": ""}})
+        await send({"type": "ping"})
         chunks = [text[i : i + self.delta_chars] for i in range(0, len(text), self.delta_chars)]
         for n, chunk in enumerate(chunks):
             if fault is not None and fault.after_deltas == n:
@@ -251,21 +252,18 @@ class FakeAnthropic:
                     request.transport.abort()
                     return resp
                 if fault.kind == "error_event":
-                    await send("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+                    await send({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
                     return resp
             if self.before_delta is not None:
                 await self.before_delta(index, n)
             if self.delta_delay_s:
                 await asyncio.sleep(self.delta_delay_s)
-            await send("content_block_delta", {"type": "content_block_delta", "index": block, "delta": {"type": "text_delta", "text": chunk}})
+            await send({"type": "content_block_delta", "index": block, "delta": {"type": "text_delta", "text": chunk}})
             self.deltas.append(RecordedDelta(index, n, chunk, time.perf_counter()))
-        await send("content_block_stop", {"type": "content_block_stop", "index": block})
+        await send({"type": "content_block_stop", "index": block})
         final_usage = dict(usage, output_tokens=count_tokens(thinking) + count_tokens(text))
-        await send(
-            "message_delta",
-            {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": final_usage},
-        )
-        await send("message_stop", {"type": "message_stop"})
+        await send({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": final_usage})
+        await send({"type": "message_stop"})
         await resp.write_eof()
         return resp
 

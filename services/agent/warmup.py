@@ -26,14 +26,15 @@ from services.agent.request import CACHE
 log = logging.getLogger("eventbot.agent.warmup")
 
 
-def _sse(*events: dict) -> bytes:
-    return b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e)) for e in events)
+def sse_event(data: dict) -> bytes:
+    """One server-sent event of the Messages API stream: named by its ``type``, JSON data."""
+    return b"event: %s\ndata: %s\n\n" % (data["type"].encode(), orjson.dumps(data))
 
 
 def canned_answer(model: str) -> bytes:
     """The event sequence of a short streamed text answer, as the Messages API sends it."""
     usage = {"input_tokens": 12, "output_tokens": 1, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
-    return _sse(
+    return b"".join(map(sse_event, (
         {"type": "message_start", "message": {"id": "msg_warmup", "type": "message", "role": "assistant", "model": model,
                                               "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
@@ -43,7 +44,7 @@ def canned_answer(model: str) -> bytes:
         {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
          "usage": {**usage, "output_tokens": 3}},
         {"type": "message_stop"},
-    )
+    )))
 
 
 async def warm_up(model: str) -> Progress:
