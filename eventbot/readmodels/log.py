@@ -66,24 +66,13 @@ class ArchiveLog:
         self.schema = sql.Identifier(schema)
 
     async def stream(self, stream: str, after: Position | None, upto: Position | None, chunk: int = 1000) -> AsyncIterator[list[Entry]]:
-        async for entries, _ in self.stream_with_json(stream, after, upto, chunk):
-            yield entries
-
-    async def stream_with_json(
-        self, stream: str, after: Position | None, upto: Position | None, chunk: int = 1000
-    ) -> AsyncIterator[tuple[list[Entry], list[str | None]]]:
-        """:meth:`stream`, each entry with its archived JSON when that is what encoding it again would give.
-
-        That is when the row is at its type's current version (an older one is upcast
-        on decoding, so it must be encoded again); stream entries have none.
-        """
         last = after or Position(0, 0)
-        async for entries, payloads in archived(self.pool, self.codec, self.schema, stream, after, upto, chunk):
+        async for entries in archived(self.pool, self.codec, self.schema, stream, after, upto, chunk):
             last = Position.parse(entries[-1][0])
-            yield entries, payloads
+            yield entries
         # The tail that is not archived yet.
         async for part in _tail(self.redis, self.codec, stream, str(last) if last != Position(0, 0) else None, upto, chunk):
-            yield part, [None] * len(part)
+            yield part
 
     async def partition_key(self, stream: str, partition_key: str, upto: Position | None) -> list[Entry]:
         family = stream.rsplit(":", 2)[-2]
@@ -126,8 +115,8 @@ class ArchiveLog:
 async def archived(
     pool: AsyncConnectionPool, codec: EventCodec, schema: sql.Identifier, stream: str,
     after: Position | None, upto: Position | None, chunk: int = 1000,
-) -> AsyncIterator[tuple[list[Entry], list[str | None]]]:
-    """``event_log`` rows of ``stream`` in (after, upto], decoded, each with its JSON if at the current version."""
+) -> AsyncIterator[list[Entry]]:
+    """``event_log`` rows of ``stream`` in (after, upto], decoded (undecodable ones left out)."""
     last = after or Position(0, 0)
     query = sql.SQL(
         "SELECT entry_id, type, version, payload::text FROM {}.event_log"
@@ -135,7 +124,6 @@ async def archived(
         " ORDER BY entry_ms, entry_seq LIMIT %s"
     ).format(schema)
     top = upto or Position(2**62, 0)
-    types = codec.types
     while True:
         async with pool.connection() as conn:
             cur = await conn.execute(query, (stream, last.ms, last.seq, top.ms, top.seq, chunk))
@@ -143,14 +131,9 @@ async def archived(
         if not rows:
             return
         out = _decode(codec, rows)
-        if len(out) == len(rows):
-            current = [p if v == types[t].version else None for _, t, v, p in rows]
-        else:  # an undecodable row was left out: align by entry id
-            by_id = {eid: (p if v == types[t].version else None) for eid, t, v, p in rows if t in types}
-            current = [by_id[eid] for eid, _ in out]
         last = Position.parse(rows[-1][0])
         if out:
-            yield out, current
+            yield out
 
 
 def _decode(codec: EventCodec, rows: Sequence[tuple[str, str, int, str]]) -> list[Entry]:

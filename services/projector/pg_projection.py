@@ -96,22 +96,21 @@ class PostgresProjection:
         self._positions[stream] = pos
         return pos
 
-    async def apply(self, stream: str, entries: Sequence[Entry], payloads: Sequence[str | None] | None = None) -> int:
+    async def apply(self, stream: str, entries: Sequence[Entry], *, archived_upto: Position | None = None) -> int:
         """Make ``entries`` (in stream order) durable; returns how many were new.
 
-        ``payloads``, aligned with ``entries``, may hold an event's JSON as already
-        encoded by :meth:`EventCodec.to_json` (a replay reads it from ``event_log``):
-        it is archived as is instead of being encoded again.
+        ``archived_upto``: entries at or below it already have their ``event_log`` row
+        in this schema (a replay copies the archive server-side, as it was written),
+        so only their projected rows are written.
         """
         for _ in range(3):
             known = self._positions.get(stream)
             start = known if known is not None else await self.position(stream)
-            todo = [(p, eid, ev, payloads[i] if payloads else None)
-                    for i, (eid, ev) in enumerate(entries) if (p := Position.parse(eid)) > start]
+            todo = [(p, eid, ev, None) for eid, ev in entries if (p := Position.parse(eid)) > start]
             if not todo:
                 return 0
             try:
-                await self._commit(stream, start, todo)
+                await self._commit(stream, start, todo, archived_upto)
             except CheckpointMoved:
                 self._positions.pop(stream, None)
                 continue
@@ -119,8 +118,8 @@ class PostgresProjection:
             return len(todo)
         raise CheckpointMoved(f"{self.group} on {stream}: checkpoint keeps moving; another writer?")
 
-    async def _commit(self, stream: str, start: Position, todo: list[Todo]) -> None:
-        rows = self.rows(stream, todo)
+    async def _commit(self, stream: str, start: Position, todo: list[Todo], archived_upto: Position | None) -> None:
+        rows = self.rows(stream, todo, archived_upto)
         end, end_id = todo[-1][0], todo[-1][1]
         s = sql.Identifier(self.schema)
         async with postgres_errors(), self.pool.connection() as conn:
@@ -161,12 +160,12 @@ class PostgresProjection:
             found = self._statements[key] = make(self.schema, BY_NAME[table]).as_string().encode()
         return found
 
-    def rows(self, stream: str, todo: Sequence[Todo]) -> dict[str, list[list[Any]]]:
+    def rows(self, stream: str, todo: Sequence[Todo], archived_upto: Position | None = None) -> dict[str, list[list[Any]]]:
         """Every table's rows for these entries (values in ``Table.columns`` order), one per key.
 
         Tables come in one fixed order and rows in first-touch order; tables without rows are left out.
         """
-        archive, patched = self._rows(stream, todo)
+        archive, patched = self._rows(stream, todo, archived_upto)
         out = {EVENT_LOG.name: list(archive.values())} if archive else {}
         for table in TABLES:
             by_key = patched.get(table.name)
@@ -175,14 +174,17 @@ class PostgresProjection:
                 out[table.name] = [list(map(row.get, columns)) for row in by_key.values()]
         return out
 
-    def _rows(self, stream: str, todo: Sequence[Todo]) -> tuple[dict[Any, list[Any]], dict[str, dict[Any, dict[str, Any]]]]:
-        """(``event_log`` rows by event id, every other table's patches merged per key in event order)."""
+    def _rows(
+        self, stream: str, todo: Sequence[Todo], archived_upto: Position | None = None,
+    ) -> tuple[dict[Any, list[Any]], dict[str, dict[Any, dict[str, Any]]]]:
+        """(``event_log`` rows by event id, but none at or below ``archived_upto``;
+        every other table's patches merged per key in event order)."""
         family = stream.rsplit(":", 2)[-2]
         archive: dict[Any, list[Any]] = {}
         out: dict[str, dict[Any, dict[str, Any]]] = {}
         to_json = self.codec.to_json
         for pos, entry_id, event, payload in todo:
-            if event.event_id not in archive:  # archived once: the first stays, as ON CONFLICT DO NOTHING keeps it
+            if (archived_upto is None or pos > archived_upto) and event.event_id not in archive:  # archived once: the first stays, as ON CONFLICT DO NOTHING keeps it
                 archive[event.event_id] = [  # in EVENT_LOG.columns order
                     event.event_id, stream, entry_id, pos.ms, pos.seq, family, event.type_name(), event.version,
                     event.partition_key, getattr(event, "user_id", None), event.occurred_at,

@@ -7,7 +7,8 @@ its next batch), the shadow catches up to them, the two are compared, and the
 schemas are renamed in that same transaction: no batch is lost or doubled.
 The shadow starts empty, so it is filled as a bulk load: secondary indexes built
 after it, asynchronous commits, big chunks, several partitions at once (and, for a
-large archive, worker processes), archived JSON passed through, never re-encoded.
+large archive, worker processes). The archive itself is copied server-side as it
+was written (never decoded and encoded again) while the projections are rebuilt from it.
 
 Redis: the log is folded into a new read-model generation by the live
 builder's code; once it has caught up, one pointer write switches readers and
@@ -29,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from eventbot.keys import Keys
+from eventbot.tasks import cancel_and_wait
 from eventbot.readmodels import ArchiveLog, ReadModelBuilder
 from eventbot.readmodels.keys import ReadModelKeys
 from eventbot.readmodels.positions import ZERO, Position
@@ -36,6 +38,8 @@ from events import EventCodec, default_codec
 from services.projector.handlers import POSTGRES_GROUP
 from services.projector.migrations import load, migrate
 from services.projector.pg_projection import PostgresProjection
+from services.projector.pg_tables import EVENT_LOG
+from services.projector.replay_worker import Job
 from services.projector.progress import Progress
 from services.projector.verify import TableDiff, compare
 
@@ -104,30 +108,41 @@ async def replay_postgres(
     total = await _total(pool, redis, keys, live)
     bar = progress(f"replay postgres -> {shadow}", total)
     streams = _streams(keys)
-    if processes is None:
-        processes = min(os.cpu_count() or 1, 4) if total >= PROCESSES_FROM and _is_default(codec) else 1
-    if processes > 1:
-        # The archive, by worker processes (the same projection code); then the rest here.
-        await _archive_in_processes(pool, projection, bar, streams, live=live, shadow=shadow, processes=processes)
+    # The archive goes over as it was written, server-side, while the projections are rebuilt from it.
+    archive_bounds: asyncio.Future[dict[str, Position]] = asyncio.get_running_loop().create_future()
+    archive = asyncio.create_task(_copy_archive(pool.conninfo, archive_bounds, live=live, shadow=shadow))
+    try:
+        await asyncio.wait({archive_bounds, archive}, return_when=asyncio.FIRST_COMPLETED)
+        if not archive_bounds.done():
+            await archive  # it failed before it had the bounds: raises why
+        copied = archive_bounds.result()
+        if processes is None:
+            processes = min(os.cpu_count() or 1, 4) if total >= PROCESSES_FROM and _is_default(codec) else 1
+        if processes > 1:
+            # The archive, by worker processes (the same projection code); then the rest here.
+            await _archive_in_processes(pool, bar, streams, copied, live=live, shadow=shadow, processes=processes)
 
-    # Compared or swapped with the live schema, the shadow must not pass the live checkpoints:
-    # under the lock it can only catch up to them, so a shadow ahead would differ (and not
-    # be swapped). The live checkpoints only move on, so these bounds stay at or behind them.
-    bounds = await _live_checkpoints(pool, live) if verify or swap else None
+        # Compared or swapped with the live schema, the shadow must not pass the live checkpoints:
+        # under the lock it can only catch up to them, so a shadow ahead would differ (and not
+        # be swapped). The live checkpoints only move on, so these bounds stay at or behind them.
+        bounds = await _live_checkpoints(pool, live) if verify or swap else None
 
-    async def project(stream: str) -> None:
-        after = await projection.position(stream) if processes > 1 else None
-        upto = None if bounds is None else bounds.get(stream, ZERO)  # ZERO: the live projector has none of it yet
-        async for chunk, payloads in log.stream_with_json(stream, after, upto, chunk=BULK_CHUNK):
-            await projection.apply(stream, chunk, payloads)
-            bar.add(len(chunk))
+        async def project(stream: str) -> None:
+            after = await projection.position(stream) if processes > 1 else None
+            upto = None if bounds is None else bounds.get(stream, ZERO)  # ZERO: the live projector has none of it yet
+            async for chunk in log.stream(stream, after, upto, chunk=BULK_CHUNK):
+                await projection.apply(stream, chunk, archived_upto=copied.get(stream))
+                bar.add(len(chunk))
 
-    # Partitions are independent: while one waits on Postgres, another is decoded and shaped.
-    await _each(streams, project, workers=max(1, min(BULK_WORKERS, pool.max_size - 1)))
+        # Partitions are independent: while one waits on Postgres, another is decoded and shaped.
+        await _each(streams, project, workers=max(1, min(BULK_WORKERS, pool.max_size - 1)))
+        await archive
+    finally:
+        await cancel_and_wait(archive)
     await _each(deferred, lambda ddl: _run(pool, ddl), workers=max(1, min(2, pool.max_size)))
     report = PostgresReplayReport(shadow=shadow, events=bar.done, seconds=0.0, events_per_s=0.0)
     if verify or swap:
-        await _finish(pool, log, projection, bar, report, live=live, shadow=shadow, verify=verify, swap=swap)
+        await _finish(pool, log, projection, bar, report, copied, live=live, shadow=shadow, verify=verify, swap=swap)
     bar.finish()
     report.events = bar.done
     report.seconds = time.monotonic() - started
@@ -147,22 +162,24 @@ def _is_default(codec: EventCodec) -> bool:
 
 
 async def _archive_in_processes(
-    pool: AsyncConnectionPool, projection: PostgresProjection, bar: Progress, streams: list[str], *,
+    pool: AsyncConnectionPool, bar: Progress, streams: list[str], copied: dict[str, Position], *,
     live: str, shadow: str, processes: int,
 ) -> None:
-    """Each process projects the archived events of its share of the streams; progress from the checkpoints.
+    """Each process projects the archived events (up to ``copied``) of its share of the streams; progress from the checkpoints.
 
     Workers are ``python -m services.projector.replay_worker`` with their job on stdin
     (the connection string stays out of the process list), not multiprocessing: that
     would import the caller's main module again in each of them.
     """
-    shares = [streams[i::processes] for i in range(processes) if streams[i::processes]]
+    archived = [s for s in streams if s in copied]
+    shares = [archived[i::processes] for i in range(processes) if archived[i::processes]]
     workers = [await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.projector.replay_worker",
         stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     ) for _ in shares]
-    jobs = [asyncio.create_task(w.communicate(msgspec.json.encode(
-        {"conninfo": pool.conninfo, "live": live, "shadow": shadow, "streams": share}))) for w, share in zip(workers, shares)]
+    jobs = [asyncio.create_task(w.communicate(msgspec.json.encode(Job(
+        conninfo=pool.conninfo, live=live, shadow=shadow, upto={s: (copied[s].ms, copied[s].seq) for s in share}))))
+        for w, share in zip(workers, shares)]
     try:
         counted = 0
         pending: set[asyncio.Task[tuple[bytes, bytes]]] = set(jobs)
@@ -188,6 +205,27 @@ async def _archive_in_processes(
 
 class ReplayFailed(Exception):
     """A worker process of the replay failed; the shadow is left as it is, the live schema untouched."""
+
+
+async def _copy_archive(
+    conninfo: str, bounds: asyncio.Future[dict[str, Position]], *, live: str, shadow: str,
+) -> None:
+    """``live``'s ``event_log`` into ``shadow``'s, as written; ``bounds`` gets each stream's last position in it.
+
+    One snapshot (REPEATABLE READ): the live checkpoints read first bound exactly the
+    rows copied, since a batch's archive rows commit with its checkpoint. Rows stay as
+    they were archived (the version they were written at, types this build no longer
+    decodes): an archive is history, and a replay rebuilds projections from it, never
+    the archive itself. Server-side, nothing is decoded, encoded or parsed again.
+    """
+    cols = sql.SQL(", ").join(map(sql.Identifier, EVENT_LOG.columns))
+    # A connection of its own: it is busy for the whole projection, whatever the pool's size.
+    async with await AsyncConnection.connect(conninfo) as conn, conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        bounds.set_result(await _checkpoints(conn, live))
+        await conn.execute(sql.SQL("INSERT INTO {sh}.event_log ({cols}) SELECT {cols} FROM {lv}.event_log").format(
+            sh=sql.Identifier(shadow), lv=sql.Identifier(live), cols=cols))
 
 
 async def _each(items: list[T], fn: Callable[[T], Awaitable[None]], *, workers: int) -> None:
@@ -242,7 +280,7 @@ async def _checkpoints(conn: AsyncConnection, schema: str) -> dict[str, Position
 
 async def _finish(
     pool: AsyncConnectionPool, log: ArchiveLog, projection: PostgresProjection, bar: Progress,
-    report: PostgresReplayReport, *, live: str, shadow: str, verify: bool, swap: bool,
+    report: PostgresReplayReport, copied: dict[str, Position], *, live: str, shadow: str, verify: bool, swap: bool,
 ) -> None:
     lv, sh = sql.Identifier(live), sql.Identifier(shadow)
     async with pool.connection() as conn, conn.transaction():
@@ -253,7 +291,7 @@ async def _finish(
             at = await projection.position(stream)
             if at < target:
                 async for chunk in log.stream(stream, at, target, chunk=5000):
-                    await projection.apply(stream, chunk)
+                    await projection.apply(stream, chunk, archived_upto=copied.get(stream))
                     bar.add(len(chunk))
         if verify:
             report.verified = True
