@@ -42,6 +42,7 @@ from eventbot.keys import Keys
 from eventbot.metrics import ConsumerMetrics
 from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder
 from eventbot.readmodels.positions import Position
+from eventbot.settings import Settings
 from events import Event, EventCodec, default_codec
 from services.projector.handlers import PostgresHandler, ReadModelHandler
 from services.projector.migrations import load, migrate
@@ -314,7 +315,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--replay-events", type=int, default=1_000_000)
     parser.add_argument("--peer-events", type=int, default=20_000, help="events fed to each peer (they are slow)")
-    parser.add_argument("--batch", type=int, default=500, help="consumer batch size")
+    parser.add_argument("--batch", type=int, default=Settings().projector_batch_size,
+                        help="consumer batch size (default: the projector's, EVENTBOT_PROJECTOR_BATCH_SIZE's default)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     asyncio.run(main(args.events, args.replay_events, args.peer_events, args.batch, args.json_path))

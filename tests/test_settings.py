@@ -18,9 +18,11 @@ def test_reads_values() -> None:
             "EVENTBOT_NAMESPACE": "prod-1",
             "EVENTBOT_PARTITIONS": "16",
             "EVENTBOT_ADMIN_IDS": "1, 2",
+            "EVENTBOT_PROJECTOR_BATCH_SIZE": "500",
         }
     )
     assert (s.redis_url, s.namespace, s.partitions, s.admin_ids) == ("redis://r:6379/1", "prod-1", 16, {1, 2})
+    assert (s.projector_batch_size, s.batch_size) == (500, Settings().batch_size)
 
 
 @pytest.mark.parametrize(
@@ -34,6 +36,7 @@ def test_reads_values() -> None:
         ("METRICS_PORT", "70000"),
         ("EVENTBOT_ON_NEW_MESSAGE", "ignore"),
         ("EVENTBOT_ADMIN_IDS", "1,abc"),
+        ("EVENTBOT_PROJECTOR_BATCH_SIZE", "0"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(name: str, value: str) -> None:

@@ -51,11 +51,14 @@ async def run_projector(
         streams = keys.streams("conv") + keys.streams("ledger")
         consumers = [
             Consumer(redis, keys, codec, handler, streams, ConsumerConfig(
-                group=group, batch_size=settings.batch_size, block_ms=settings.block_ms,
+                group=group, batch_size=batch_size, block_ms=settings.block_ms,
                 claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries,
                 **({"consumer": consumer_name} if consumer_name else {}),
             ), metrics)
-            for group, handler in ((READMODEL_GROUP, ReadModelHandler(builder)), (POSTGRES_GROUP, PostgresHandler(projection)))
+            for group, handler, batch_size in (
+                (READMODEL_GROUP, ReadModelHandler(builder), settings.batch_size),
+                (POSTGRES_GROUP, PostgresHandler(projection), settings.projector_batch_size),
+            )
         ]
         trimmer = Trimmer(redis, keys, pool, settings.pg_schema, tokens_maxlen=settings.tokens_maxlen,
                           keep_recent_s=settings.trim_keep_recent_s,
