@@ -58,6 +58,7 @@ from eventbot.redisclient import RedisClient
 from eventbot.consumer import Consumer, ConsumerConfig
 from eventbot.fakes.anthropic import FakeAnthropic
 from eventbot.fakes.telegram import FakeTelegram, TgChat, TgUser
+from eventbot.heap import freeze_startup_heap
 from eventbot.ids import new_event_id
 from eventbot.keys import Keys
 from eventbot.localservices import LocalRedis
@@ -461,6 +462,7 @@ def projector() -> None:
             ConsumerConfig(group=READMODEL_GROUP, block_ms=1000), ConsumerMetrics(CollectorRegistry()),
         )
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, consumer.stop)
+        freeze_startup_heap()  # as `eventbot run` does
         await consumer.run()
         await redis.aclose()
 
@@ -475,7 +477,6 @@ def child() -> None:
     from redis.asyncio.connection import AbstractConnection
 
     import services.agent.answer as answer_module
-    from eventbot.heap import freeze_startup_heap
     from eventbot.settings import Settings
     from services.agent.answer import Answerer
     from services.agent.main import run_agent
@@ -538,7 +539,7 @@ def child() -> None:
         return connect
 
     from eventbot.readmodels import reader
-    from services.agent import billing, request
+    from services.agent import billing
 
     timed(reader.RedisReadModels, "context_after")
     timed(billing.Billing, "hold")

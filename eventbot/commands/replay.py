@@ -10,6 +10,7 @@ from psycopg import sql
 
 from eventbot.commands._shared import load_settings, redis_url, run
 from eventbot.connections import keys_for, redis_client
+from eventbot.heap import freeze_startup_heap
 from eventbot.readmodels import ArchiveLog, ReadModelBuilder, limits_for
 from events import default_codec
 from services.projector.pg_pool import open_pool
@@ -47,6 +48,7 @@ def _postgres(args: argparse.Namespace) -> int:
             await pool.close()
             await redis.aclose()
 
+    freeze_startup_heap()  # a replay is bulk work, as the projector's batches are
     report = run(go())
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
@@ -90,6 +92,7 @@ def _redis(args: argparse.Namespace) -> int:
             await pool.close()
             await redis.aclose()
 
+    freeze_startup_heap()  # a replay is bulk work, as the projector's batches are
     report = run(go())
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")

@@ -16,6 +16,7 @@ import sys
 import msgspec
 from psycopg import sql
 
+from eventbot.heap import freeze_startup_heap
 from eventbot.readmodels.log import archived
 from eventbot.readmodels.positions import Position
 from events import default_codec
@@ -58,6 +59,7 @@ async def project_archive(job: Job, *, streams_at_once: int = 2) -> int:
 
 def main() -> None:
     job = msgspec.json.decode(sys.stdin.buffer.read(), type=Job)
+    freeze_startup_heap()  # its chunks are bulk work, as the projector's batches are
     asyncio.run(project_archive(job))
 
 
