@@ -184,7 +184,8 @@ class PostgresProjection:
         out: dict[str, dict[Any, dict[str, Any]]] = {}
         to_json = self.codec.to_json
         for pos, entry_id, event, payload in todo:
-            if (archived_upto is None or pos > archived_upto) and event.event_id not in archive:  # archived once: the first stays, as ON CONFLICT DO NOTHING keeps it
+            # Archived once: the first stays, as ON CONFLICT DO NOTHING keeps it.
+            if (archived_upto is None or pos > archived_upto) and event.event_id not in archive:
                 archive[event.event_id] = [  # in EVENT_LOG.columns order
                     event.event_id, stream, entry_id, pos.ms, pos.seq, family, event.type_name(), event.version,
                     event.partition_key, getattr(event, "user_id", None), event.occurred_at,
