@@ -30,17 +30,17 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from eventbot.keys import Keys
-from eventbot.tasks import cancel_and_wait
 from eventbot.readmodels import ArchiveLog, ReadModelBuilder
 from eventbot.readmodels.keys import ReadModelKeys
 from eventbot.readmodels.positions import ZERO, Position
+from eventbot.tasks import cancel_and_wait
 from events import EventCodec, default_codec
 from services.projector.handlers import POSTGRES_GROUP
 from services.projector.migrations import load, migrate
 from services.projector.pg_projection import PostgresProjection
 from services.projector.pg_tables import EVENT_LOG
-from services.projector.replay_worker import Job
 from services.projector.progress import Progress
+from services.projector.replay_worker import Job
 from services.projector.verify import TableDiff, compare
 
 ProgressFactory = Callable[[str, int], Progress]
