@@ -13,6 +13,8 @@ from eventbot.keys import Keys
 from eventbot.ledger import Ledger
 from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder, RedisReadModels, StreamLog
 from eventbot.readmodels.keys import ReadModelKeys
+from eventbot.readmodels.positions import Position
+from eventbot.readmodels.reader import TAIL_MAX
 from events import EventCodec, ModelChanged, PromptChanged, ThreadCreated, UserSeen, chat_key
 from services.projector.handlers import PostgresHandler, ReadModelHandler
 from services.projector.pg_projection import PostgresProjection
@@ -71,13 +73,56 @@ async def test_a_context_read_after_an_append_sees_it_in_one_round_trip_once_app
         for i in range(20):
             appended = await appender.append(message(45, f"question {i}"))
             ctx = await reader.context_after(appended.entry_id, 45, None, 45, timeout=10)
-            assert ctx is not None and ctx.history[-1].text == f"question {i}", "the barrier let a stale read through"
+            # Whole history: a batch applied while the context was read must be neither lost nor folded twice.
+            assert ctx is not None and [t.text for t in ctx.history] == [f"question {j}" for j in range(max(0, i - 4), i + 1)]
         await eventually(lambda: drained(redis, keys, "readmodel"))
     counting = CountingRedis(redis)
     counted = RedisReadModels(counting, keys, Limits(history_turns=5))  # type: ignore[arg-type]
     counted._gen = 1
     assert await counted.context_after(appended.entry_id, 45, None, 45, timeout=10) is not None
     assert counting.round_trips == 1, "an applied barrier must cost no round trip of its own"
+
+
+async def test_a_context_read_folds_what_the_builder_has_not_applied_yet_in_one_round_trip(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender
+) -> None:
+    chat = 47
+    neighbour = next(c for c in range(1000, 2000) if keys.partition_of(chat_key(c)) == keys.partition_of(chat_key(chat)))
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        await appender.append(message(chat, "applied"))
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    # The builder is stopped: what follows is only in the stream.
+    changed = ModelChanged(event_id=new_event_id(), occurred_at=now(), partition_key=chat_key(chat), chat_id=chat,
+                           user_id=chat, model="claude-opus-4-1")
+    await append(appender, [changed, message(chat, "one"), message(neighbour, "not this chat"), message(chat, "two")])
+    last = await appender.append(message(chat, "the one being answered"))
+    before = str(Position.parse(last.entry_id).previous())
+    counting = CountingRedis(redis)
+    reader = RedisReadModels(counting, keys, Limits(history_turns=5), codec=codec)  # type: ignore[arg-type]
+    folded = await reader.context_after(before, chat, None, chat, timeout=0.2)
+    assert counting.round_trips == 1, "the unapplied tail must come with the context, not after a wait"
+    assert folded is not None and [t.text for t in folded.history] == ["applied", "one", "two"]
+    assert folded.user.model == "claude-opus-4-1"
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    built = await RedisReadModels(redis, keys, Limits(history_turns=5)).context(chat, None, chat)
+    assert [t.text for t in built.history] == ["applied", "one", "two", "the one being answered"]
+    assert built.history[:3] == folded.history and built.user.model == folded.user.model, "folded unlike the builder"
+
+
+async def test_a_context_read_waits_for_the_builder_when_the_gap_is_long(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender
+) -> None:
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        await appender.append(message(48, "applied"))
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    await append(appender, [message(48, f"unapplied {i}") for i in range(TAIL_MAX + 1)])
+    last = await appender.append(message(48, "asked"))
+    reader = RedisReadModels(redis, keys, Limits(history_turns=5), codec=codec)
+    assert await reader.context_after(last.entry_id, 48, None, 48, timeout=0.2) is None
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        ctx = await reader.context_after(last.entry_id, 48, None, 48, timeout=10)
+    assert ctx is not None and ctx.history[-1].text == "asked"
 
 
 async def test_a_context_read_after_an_unapplied_append_gives_up_at_its_timeout(

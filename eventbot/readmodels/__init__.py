@@ -20,7 +20,7 @@ def limits_for(settings: Settings) -> Limits:
 def reader_for(redis: Redis, settings: Settings, codec: EventCodec) -> RedisReadModels:
     """The hot path's reader: Redis only; a lost read model is folded from the streams, never from Postgres."""
     keys = Keys(settings.namespace, settings.partitions)
-    return RedisReadModels(redis, keys, limits_for(settings), StreamLog(redis, keys, codec))
+    return RedisReadModels(redis, keys, limits_for(settings), StreamLog(redis, keys, codec), codec)
 
 
 __all__ = [

@@ -154,6 +154,17 @@ def _is_profile_of(event: Event, user_id: int) -> bool:
     return event.type_name() in PROFILE_TYPES and getattr(event, "user_id", None) == user_id
 
 
+def decode_entries(codec: EventCodec, raw: Sequence[tuple[bytes | str, dict[bytes, bytes]]]) -> list[Entry]:
+    """Stream entries (id, fields) decoded; undecodable ones are left out, as the consumers skip or dead-letter them."""
+    out = []
+    for entry_id, fields in raw:
+        try:
+            out.append((_str(entry_id), codec.decode(_str(fields[b"t"]), int(fields[b"v"]), fields[b"d"])))
+        except (EventDecodeError, KeyError, ValueError):
+            continue
+    return out
+
+
 async def _tail(
     redis: Redis, codec: EventCodec, stream: str, after: str | None, upto: Position | None, chunk: int = 1000
 ) -> AsyncIterator[list[Entry]]:
@@ -164,12 +175,7 @@ async def _tail(
         raw = await redis.xrange(stream, start, end, count=chunk)
         if not raw:
             return
-        out = []
-        for entry_id, fields in raw:
-            try:
-                out.append((_str(entry_id), codec.decode(_str(fields[b"t"]), int(fields[b"v"]), fields[b"d"])))
-            except (EventDecodeError, KeyError, ValueError):
-                continue
+        out = decode_entries(codec, raw)
         start = f"({_str(raw[-1][0])}"
         if out:
             yield out

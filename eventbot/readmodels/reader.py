@@ -4,6 +4,13 @@ Every read is one pipelined round trip that also fetches the generation pointer;
 the generation is cached and a read is repeated only when the pointer moved.
 A Redis that lost its read models (no pointer, or no applied position for the
 key's partition) answers from the log for that one key instead of "unknown".
+
+Reading a context "after" an entry does not wait for the builder: the same
+round trip returns the chat's state with the exact position it was applied to,
+and the stream's few entries between that position and the entry. They are
+folded here with the builder's own functions, so the result is what the builder
+will write, a batch sooner. Only a gap longer than :data:`TAIL_MAX` entries (a
+builder that is down or far behind) is waited out.
 """
 
 from __future__ import annotations
@@ -14,29 +21,38 @@ from typing import Any
 from uuid import UUID
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from eventbot.errors import StoreUnavailable
 from eventbot.keys import Keys
 from eventbot.readmodels import codec
-from eventbot.readmodels.fold import ChatState, LedgerState, Limits, fold, profile_writes
+from eventbot.readmodels.fold import ChatState, LedgerState, Limits, apply, fold, key_refs, profile_writes
 from eventbot.readmodels.keys import ReadModelKeys
-from eventbot.readmodels.log import EventLog
+from eventbot.readmodels.log import Entry, EventLog, decode_entries
 from eventbot.readmodels.positions import Position
+from eventbot.readmodels.scripts import ReadModelScript
 from eventbot.redisclient import STORE_DOWN
 from eventbot.views import Context, ResponseView, UserView
-from events import chat_key, user_key
+from events import EventCodec, chat_key, default_codec, user_key
 
 _PROFILE_GROUPS = ("names", "model", "prompt")
+# Unapplied entries a context read folds itself: the builder is normally a batch or two
+# behind (a few entries); a longer gap means it is down or far behind, and is waited out.
+TAIL_MAX = 32
 
 
 class RedisReadModels:
-    def __init__(self, redis: Redis, keys: Keys, limits: Limits, log: EventLog | None = None) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, limits: Limits, log: EventLog | None = None, codec: EventCodec | None = None,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.rm = ReadModelKeys(keys)
         self.limits = limits
         self.log = log
+        self.codec = codec or default_codec()
         self._gen = 1
+        self._snapshot = ReadModelScript("context")
 
     async def user(self, user_id: int) -> UserView | None:
         replies = await self._read(lambda g, pipe: self._queue_user(g, pipe, user_id))
@@ -47,24 +63,55 @@ class RedisReadModels:
         return await self._context(chat_id, topic_id, user_id, await self._read_context(chat_id, topic_id, user_id))
 
     async def context_after(self, entry_id: str, chat_id: int, topic_id: int | None, user_id: int, timeout: float) -> Context | None:
-        """The context once the chat's stream is applied through ``entry_id``; None if not within ``timeout``.
+        """The context with the chat's stream applied through ``entry_id``; None if not within ``timeout``.
 
-        The position is read with the context itself, so when the builder is
-        already there (the usual case) this is one round trip, barrier included.
+        One round trip: the chat's state comes with the position it was applied to
+        and the entries after it up to ``entry_id``, which are folded in here.
+        Only when there are more of those than :data:`TAIL_MAX`, or no position
+        at all (a new generation still filling), is the builder waited for.
         """
-        wanted = Position.parse(entry_id)
+        pk = chat_key(chat_id, topic_id)
+        p = self.keys.partition_of(pk)
+        stream = self.keys.stream("conv", p)
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:
-            replies = await self._read_context(chat_id, topic_id, user_id)
-            applied = replies[-1]
-            if applied is not None and Position.parse(applied.decode()) >= wanted:
-                return await self._context(chat_id, topic_id, user_id, replies)
+            def queue(g: int, pipe: Any) -> None:
+                self._queue_user(g, pipe, user_id)
+                pipe.execute_command("EVALSHA", self._snapshot.sha, 3, self.rm.position(g, p), self.rm.chat(g, pk), stream,
+                                     entry_id, TAIL_MAX + 1)
+
+            ledger_raw, profile, user_applied, (applied, chat_raw, raw_tail) = await self._read(queue, self._snapshot)
+            if applied is not None and len(raw_tail) <= TAIL_MAX:
+                chat: ChatState | None = codec.decode(("chat",), chat_raw)
+                tail = decode_entries(self.codec, [(eid, _fields(flat)) for eid, flat in raw_tail])
+                chat, profile = self._caught_up(pk, user_id, chat, profile, tail)
+                user = await self._user(user_id, ledger_raw, profile, user_applied) or UserView(user_id=user_id)
+                chat = chat or ChatState()
+                return Context(user=user, thread=chat.thread, history=chat.history, files=chat.files)
             if time.monotonic() >= deadline:
                 return None
-            # The builder is a batch away: poll briefly.
+            # The builder is far behind, or filling a new generation: poll briefly.
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.02)
+
+    def _caught_up(
+        self, pk: str, user_id: int, chat: ChatState | None, profile: dict, tail: list[Entry],
+    ) -> tuple[ChatState | None, dict]:
+        """The chat's state and the user's profile with ``tail`` folded in, as the builder will fold it."""
+        if not tail:
+            return chat, profile
+        ref = ("chat", pk)
+        profile = dict(profile)
+        for _, event in tail:
+            if ref in key_refs(event):
+                chat = apply(ref, chat, event, self.limits)  # type: ignore[assignment]
+            for w in profile_writes(event):
+                current = profile.get(f"{w.group}@".encode())
+                if w.user_id == user_id and (current is None or current.decode() <= w.version):
+                    profile[w.group.encode()] = codec.encode(w.value)
+                    profile[f"{w.group}@".encode()] = w.version.encode()
+        return chat, profile
 
     async def _read_context(self, chat_id: int, topic_id: int | None, user_id: int) -> list[Any]:
         pk = chat_key(chat_id, topic_id)
@@ -119,18 +166,25 @@ class RedisReadModels:
 
     # --- internals ---
 
-    async def _read(self, queue: Any) -> list[Any]:
+    async def _read(self, queue: Any, script: ReadModelScript | None = None) -> list[Any]:
         try:
-            for _ in range(3):
+            for attempt in range(3):
                 g = self._gen
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.hget(self.rm.pointer, "live")
                 queue(g, pipe)
-                live, *replies = await pipe.execute()
-                if live is None or int(live) == g:
+                live, *replies = await pipe.execute(raise_on_error=False)
+                if script is not None and attempt < 2 and any(isinstance(r, NoScriptError) for r in replies):
+                    # After SCRIPT FLUSH or a restart: load it and read again (a read is safe to repeat).
+                    await self.redis.script_load(script.source)
+                    continue
+                for r in (live, *replies):
+                    if isinstance(r, Exception):
+                        raise r
+                if live is None or int(live) == g or attempt == 2:
                     return replies
                 self._gen = int(live)  # a rebuild switched generations: read again there
-            return replies
+            raise AssertionError("unreachable")
         except STORE_DOWN as e:
             raise StoreUnavailable(f"read model read failed: {type(e).__name__}") from e
 
@@ -172,6 +226,11 @@ class RedisReadModels:
             for w in profile_writes(event):
                 out[w.group.encode()] = codec.encode(w.value)
         return out
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields as XRANGE sends them from a script: a flat list of names and values."""
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def _group(profile: dict, group: str) -> Any:

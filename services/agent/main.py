@@ -22,7 +22,7 @@ from eventbot.keys import Keys
 from eventbot.ledger import Ledger
 from eventbot.consumer import Consumer, ConsumerConfig
 from eventbot.metrics import ConsumerMetrics
-from eventbot.readmodels import Limits, RedisReadModels, StreamLog
+from eventbot.readmodels import reader_for
 from eventbot.settings import Settings, SettingsError
 from eventbot.views import ReadModels
 from events import default_codec
@@ -46,10 +46,9 @@ ReadModelsFactory = Callable[[Redis, Settings], ReadModels]
 
 
 def default_read_models(redis: Redis, settings: Settings) -> ReadModels:
-    # Redis only, with the log as the way to rebuild a missing model: never Postgres.
-    keys = Keys(settings.namespace, settings.partitions)
-    limits = Limits(history_turns=settings.history_turns)
-    return RedisReadModels(redis, keys, limits, StreamLog(redis, keys, default_codec()))
+    # Redis only, with the log as the way to rebuild a missing model: never Postgres. Same limits
+    # as the builder's: the reader folds what the builder has not applied yet, and must fold alike.
+    return reader_for(redis, settings, default_codec())
 
 
 async def run_agent(
