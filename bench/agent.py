@@ -159,18 +159,23 @@ class Run:
         return [r["received_at"] - self.appended_at[r["text"]] for r in records if r["text"] in self.appended_at]
 
     def ttft(self, records: list[dict[str, Any]]) -> list[float]:
+        first_sends = self.first_sends(records)
+        return [first_sends[r["text"]] - r["first_delta_at"] for r in records if r["text"] in first_sends]
+
+    def first_sends(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        """Answered text -> when the fake Bot API got the first send of its chat after the model's first delta."""
         sends: dict[int, list[float]] = defaultdict(list)
         for c in self.telegram.calls():
             if c.ok and c.method in ("sendMessageDraft", "sendMessage", "editMessageText"):
                 sends[int(c.params["chat_id"])].append(c.at)
-        out = []
+        out = {}
         for r in records:
             if r["text"] not in self.appended_at or r["first_delta_at"] is None:
                 continue
             chat = int(r["text"].split()[1])
             after = [t for t in sends[chat] if t >= r["first_delta_at"]]
             if after:
-                out.append(min(after) - r["first_delta_at"])
+                out[r["text"]] = min(after)
         return out
 
 
@@ -180,16 +185,24 @@ class Run:
         ("request built, hold placed", "context_after", "hold"),
         ("hold -> model called", "hold", "model_called"),
         ("model called -> request arrives", "model_called", "arrived"),
+        # (b): the fake model's first delta -> the fake Bot API's first send.
+        ("first delta -> parsed by the agent", "first_delta", "delta_parsed"),
+        ("parsed -> Bot API called", "delta_parsed", "first_send_called"),
+        ("Bot API called -> request arrives", "first_send_called", "first_send"),
     )
 
     def breakdown(self, stages: dict[str, dict[str, float]], records: list[dict[str, Any]]) -> list[Figure]:
-        """(a) split into its stages, p50/p99 of each (ms): where the hot path's time goes."""
-        arrived = {r["text"]: r["received_at"] for r in records}
+        """(a) and (b) split into their stages, p50/p99 of each (ms): where the time goes."""
+        arrived = {r["text"]: r for r in records}
+        first_sends = self.first_sends(records)
         spans: dict[str, list[float]] = defaultdict(list)
         for text, marks in stages.items():
             if text not in self.appended_at or text not in arrived:
                 continue
-            marks = {**marks, "appended": self.appended_at[text], "arrived": arrived[text]}
+            record = arrived[text]
+            marks = {**marks, "appended": self.appended_at[text], "arrived": record["received_at"]}
+            if text in first_sends:
+                marks.update(first_delta=record["first_delta_at"], first_send=first_sends[text])
             for name, start, end in self.STAGES:
                 if start in marks and end in marks:
                     spans[name].append(marks[end] - marks[start])
@@ -530,7 +543,13 @@ def child() -> None:
         if key is not None and answers[key][1] is None:
             answers[key][1] = answers[key][0]  # round trips sent before the model was called
         mark("model_called")
-        return await stream(*args, **kwargs)
+        on_delta = args[3]
+
+        def marked(delta: str) -> None:
+            mark("delta_parsed")
+            on_delta(delta)
+
+        return await stream(*args[:3], marked, *args[4:], **kwargs)
 
     def counting_connect(original):  # type: ignore[no-untyped-def]
         def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -542,6 +561,16 @@ def child() -> None:
     from services.agent import billing
 
     timed(reader.RedisReadModels, "context_after")
+    from aiogram.client.session.aiohttp import AiohttpSession
+    make_request = AiohttpSession.make_request
+
+    async def marked_request(self, bot, method, timeout=None):  # type: ignore[no-untyped-def]
+        text = text_of.get()
+        if text is not None and "delta_parsed" in stages[text]:
+            mark("first_send_called")  # the first Bot API call after the first delta
+        return await make_request(self, bot, method, timeout)
+
+    AiohttpSession.make_request = marked_request  # type: ignore[method-assign]
     timed(billing.Billing, "hold")
     AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
     Answerer.answer = tagged_answer  # type: ignore[method-assign]
