@@ -99,7 +99,10 @@ async def bench_projector(
     consumer = Consumer(redis, keys, codec, PostgresHandler(PostgresProjection(pool, codec, schema, group)), streams,
                         ConsumerConfig(group=group, consumer="bench", batch_size=batch, block_ms=50),
                         ConsumerMetrics(CollectorRegistry()))
-    return total / await _drain(consumer, redis, streams, total)
+    cpu = time.process_time()
+    rate = total / await _drain(consumer, redis, streams, total)
+    print(f"#   projector process CPU {(time.process_time() - cpu) / total * 1e6:.1f} us/event", flush=True)
+    return rate
 
 
 async def final_rows(redis: Redis, keys: Keys, codec: EventCodec, pool: Any) -> dict[str, list[list[Any]]]:
