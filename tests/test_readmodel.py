@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from eventbot.appender import Appender
@@ -14,6 +15,8 @@ from eventbot.ledger import Ledger
 from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder, RedisReadModels, StreamLog
 from eventbot.readmodels.keys import ReadModelKeys
 from eventbot.readmodels.positions import Position
+import eventbot.readmodels.reader as reader_module
+from eventbot.readmodels.fold import apply
 from eventbot.readmodels.reader import TAIL_MAX
 from events import EventCodec, ModelChanged, PromptChanged, ThreadCreated, UserSeen, chat_key
 from services.projector.handlers import PostgresHandler, ReadModelHandler
@@ -122,6 +125,30 @@ async def test_a_context_read_waits_for_the_builder_when_the_gap_is_long(
     assert await reader.context_after(last.entry_id, 48, None, 48, timeout=0.2) is None
     async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
         ctx = await reader.context_after(last.entry_id, 48, None, 48, timeout=10)
+    assert ctx is not None and ctx.history[-1].text == "asked"
+
+
+async def test_an_unapplied_entry_that_does_not_fold_is_left_to_the_builder(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        await appender.append(message(49, "applied"))
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    poison = await appender.append(message(49, "poison"))
+    last = await appender.append(message(49, "asked"))
+
+    def failing(ref: Any, state: Any, event: Any, limits: Any) -> Any:
+        if getattr(event, "text", None) == "poison":
+            raise ValueError("does not fold")
+        return apply(ref, state, event, limits)
+
+    monkeypatch.setattr(reader_module, "apply", failing)
+    reader = RedisReadModels(redis, keys, Limits(history_turns=5), codec=codec)
+    assert await reader.context_after(last.entry_id, 49, None, 49, timeout=0.2) is None, "folded around a poison entry"
+    # The builder gets past it (here: applies it); the reader then reads the rest from the model.
+    async with running(consumer(redis, keys, codec, ReadModelHandler(_builder(redis, keys, codec)), "readmodel", "rm")):
+        assert await reader.wait_applied(poison.stream, poison.entry_id, timeout=10)
+        ctx = await reader.context_after(last.entry_id, 49, None, 49, timeout=10)
     assert ctx is not None and ctx.history[-1].text == "asked"
 
 

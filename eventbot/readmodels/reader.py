@@ -16,6 +16,7 @@ builder that is down or far behind) is waited out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 from uuid import UUID
@@ -34,6 +35,8 @@ from eventbot.readmodels.scripts import ReadModelScript
 from eventbot.redisclient import STORE_DOWN
 from eventbot.views import Context, ResponseView, UserView
 from events import EventCodec, chat_key, default_codec, user_key
+
+logger = logging.getLogger("eventbot.readmodels.reader")  # not `log`: self.log is the event log
 
 _PROFILE_GROUPS = ("names", "model", "prompt")
 # Unapplied entries a context read folds itself: the builder is normally a batch or two
@@ -85,10 +88,12 @@ class RedisReadModels:
             if applied is not None and len(raw_tail) <= TAIL_MAX:
                 chat: ChatState | None = codec.decode(("chat",), chat_raw)
                 tail = decode_entries(self.codec, [(eid, _fields(flat)) for eid, flat in raw_tail])
-                chat, profile = self._caught_up(pk, user_id, chat, profile, tail)
-                user = await self._user(user_id, ledger_raw, profile, user_applied) or UserView(user_id=user_id)
-                chat = chat or ChatState()
-                return Context(user=user, thread=chat.thread, history=chat.history, files=chat.files)
+                caught_up = self._caught_up(stream, pk, user_id, chat, profile, tail)
+                if caught_up is not None:
+                    chat, profile = caught_up
+                    user = await self._user(user_id, ledger_raw, profile, user_applied) or UserView(user_id=user_id)
+                    chat = chat or ChatState()
+                    return Context(user=user, thread=chat.thread, history=chat.history, files=chat.files)
             if time.monotonic() >= deadline:
                 return None
             # The builder is far behind, or filling a new generation: poll briefly.
@@ -96,21 +101,29 @@ class RedisReadModels:
             delay = min(delay * 2, 0.02)
 
     def _caught_up(
-        self, pk: str, user_id: int, chat: ChatState | None, profile: dict, tail: list[Entry],
-    ) -> tuple[ChatState | None, dict]:
-        """The chat's state and the user's profile with ``tail`` folded in, as the builder will fold it."""
+        self, stream: str, pk: str, user_id: int, chat: ChatState | None, profile: dict, tail: list[Entry],
+    ) -> tuple[ChatState | None, dict] | None:
+        """The chat's state and the user's profile with ``tail`` folded in, as the builder will fold it.
+
+        None if an entry does not fold: the builder fails on it too, and dead-letters it and
+        moves on; the caller waits for that rather than fail the answer on it.
+        """
         if not tail:
             return chat, profile
         ref = ("chat", pk)
         profile = dict(profile)
-        for _, event in tail:
-            if ref in key_refs(event):
-                chat = apply(ref, chat, event, self.limits)  # type: ignore[assignment]
-            for w in profile_writes(event):
-                current = profile.get(f"{w.group}@".encode())
-                if w.user_id == user_id and (current is None or current.decode() <= w.version):
-                    profile[w.group.encode()] = codec.encode(w.value)
-                    profile[f"{w.group}@".encode()] = w.version.encode()
+        try:
+            for _, event in tail:
+                if ref in key_refs(event):
+                    chat = apply(ref, chat, event, self.limits)  # type: ignore[assignment]
+                for w in profile_writes(event):
+                    current = profile.get(f"{w.group}@".encode())
+                    if w.user_id == user_id and (current is None or current.decode() <= w.version):
+                        profile[w.group.encode()] = codec.encode(w.value)
+                        profile[f"{w.group}@".encode()] = w.version.encode()
+        except Exception as e:  # noqa: BLE001 - a poison entry is the builder's to dead-letter
+            logger.warning("an unapplied entry of %s does not fold (%s): waiting for the read-model builder", stream, type(e).__name__)
+            return None
         return chat, profile
 
     async def _read_context(self, chat_id: int, topic_id: int | None, user_id: int) -> list[Any]:
