@@ -235,3 +235,34 @@ async def test_telegram_flood_control_slows_updates_but_the_answer_arrives_whole
     refused = [c for c in world.telegram.calls() if c.status == 429]
     assert refused  # Telegram did push back, and the final message still came through once
     assert len(world.telegram.calls("sendMessage")) == 1 + sum(1 for c in refused if c.method == "sendMessage")
+
+
+async def test_an_answer_delivered_while_redis_is_down_is_recorded_once_not_answered_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis goes away between the final message and its terminal event: the agent waits for it
+    and records that answer, instead of failing and answering the message a second time."""
+    from eventbot.appender import Appender
+    from eventbot.errors import StoreUnavailable
+    from events import ResponseCompleted
+
+    append_many = Appender.append_many
+    refused: list[float] = []
+
+    async def down_for_the_end(self, events):  # type: ignore[no-untyped-def]
+        if any(isinstance(e, ResponseCompleted) for e in events) and len(refused) < 4:
+            refused.append(asyncio.get_running_loop().time())
+            raise StoreUnavailable("append failed: ConnectionError")
+        return await append_many(self, events)
+
+    monkeypatch.setattr(Appender, "append_many", down_for_the_end)
+    await world.credit(ADA, 10**7)
+    await world.start_agent()
+    await world.says(ADA, "answer me through an outage")
+    completed = await world.wait_events(ADA.id, "response.completed", timeout=15)
+    charged = of(await world.ledger_events(ADA.id), BalanceCharged)
+    await asyncio.sleep(0.5)  # a second answer, if one were coming, would have been asked for by now
+    assert len(refused) == 4, "the terminal append was never refused: nothing was tested"
+    assert len(world.claude.requests) == 1, "the message was answered a second time"
+    assert len(world.replies(ADA.id)) == 1 and len(completed) == 1
+    assert len(charged) == 1

@@ -27,7 +27,7 @@ from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 from redis.asyncio import Redis
 
 from eventbot.appender import Appender
-from eventbot.errors import TransientError
+from eventbot.errors import StoreUnavailable, TransientError
 from eventbot.ids import derived_id
 from eventbot.keys import Keys
 from eventbot.readmodels.positions import Position
@@ -175,7 +175,7 @@ class Answerer:
         except InsufficientBalance:
             self.metrics.refused.labels("no_balance").inc()
             await self._deliver(presenter, TOP_UP)
-            await self.appender.append(self._failed(last, rid, "insufficient_balance", False, Progress(), 0, request.model))
+            await self._record_end(self._failed(last, rid, "insufficient_balance", False, Progress(), 0, request.model))
             return False
         self._holds(+1, hold.amount)
 
@@ -231,7 +231,7 @@ class Answerer:
         else:
             assert failure is not None
             event = self._failed(last, rid, failure.cause, failure.retryable, progress, cost, request.model)
-        await self.appender.append(event)
+        await self._record_end(event)
         await self._settle(last, rid, hold, request.model, usage)
         self._observe(outcome, progress, presenter, began, last, request.model, cost)
         return outcome == "superseded"
@@ -273,6 +273,28 @@ class Answerer:
             raise error
         log.warning("model call failed: %s (retryable=%s, attempts=%d)", error.cause, error.retryable, progress.attempts)
         return "failed", error
+
+    async def _record_end(self, event: ResponseCompleted | ResponseFailed | ResponseCancelled) -> None:
+        """Append the terminal event of an answer the user already has, waiting out a Redis outage.
+
+        Failed here, the message would be handed over again and, with no terminal event
+        to find, answered a second time: a second final message in the chat (a real model
+        does not repeat its text, so no limiter could tell them apart). The append is
+        idempotent (the event id is derived), so it is simply tried again, with backoff.
+        """
+        deadline = time.monotonic() + self.config.end_record_patience_s
+        pause = 0.1
+        while True:
+            try:
+                await self.appender.append(event)
+                return
+            except StoreUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+                if pause == 0.1:
+                    log.warning("answer delivered, its end not recorded yet (Redis unavailable): retrying")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def _deliver(self, presenter: Presenter, text: str) -> tuple[int, ...]:
         """The final message: flood control is waited out in the limiter, a network blip retried here."""

@@ -22,6 +22,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry: RetryPolicy = RetryPolicy()
     # How long to wait for the read model to reach a message before retrying it later.
     wait_applied_timeout_s: float = 5.0
+    # How long an answer the user already has waits out a Redis outage to record its end.
+    # Given up, the message is handed over again and answered a second time.
+    end_record_patience_s: float = 300.0
     token_batching: bool = True
     typing_interval_s: float = 4.5
 
