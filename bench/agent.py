@@ -64,7 +64,7 @@ from eventbot.keys import Keys
 from eventbot.localservices import LocalRedis
 from eventbot.ledger import Ledger
 from eventbot.metrics import ConsumerMetrics
-from eventbot.readmodels import Limits, ReadModelBuilder, StreamLog
+from eventbot.readmodels import ReadModelBuilder, StreamLog, limits_for
 from events import BalanceCredited, MessageReceived, UserSeen, chat_key, default_codec, user_key
 from services.projector.handlers import READMODEL_GROUP, ReadModelHandler
 
@@ -469,7 +469,7 @@ def projector() -> None:
     async def serve() -> None:
         redis = redis_client(settings.redis_url)  # type: ignore[arg-type]
         keys, codec = Keys(settings.namespace, settings.partitions), default_codec()
-        builder = ReadModelBuilder(redis, keys, Limits(), StreamLog(redis, keys, codec))
+        builder = ReadModelBuilder(redis, keys, limits_for(settings), StreamLog(redis, keys, codec))
         consumer = Consumer(
             redis, keys, codec, ReadModelHandler(builder), keys.streams("conv") + keys.streams("ledger"),
             ConsumerConfig(group=READMODEL_GROUP, block_ms=1000), ConsumerMetrics(CollectorRegistry()),

@@ -24,7 +24,7 @@ from eventbot.ids import new_event_id
 from eventbot.keys import Keys
 from eventbot.ledger import Ledger
 from eventbot.metrics import ConsumerMetrics
-from eventbot.readmodels import Limits, ReadModelBuilder, StreamLog
+from eventbot.readmodels import ReadModelBuilder, StreamLog, limits_for
 from eventbot.settings import Settings
 from events import BalanceCredited, CommandIssued, EventCodec, MessageReceived, UserSeen, chat_key, user_key
 from services.agent.config import AgentConfig
@@ -66,7 +66,8 @@ class World:
     async def __aenter__(self) -> World:
         await self.telegram.start()
         await self.claude.start()
-        builder = ReadModelBuilder(self.redis, self.keys, Limits(), StreamLog(self.redis, self.keys, self.codec))
+        # The limits the agent's reader folds with (as the projector service would build them).
+        builder = ReadModelBuilder(self.redis, self.keys, limits_for(self.settings()), StreamLog(self.redis, self.keys, self.codec))
         projector = Consumer(
             self.redis, self.keys, self.codec, ReadModelHandler(builder),
             self.keys.streams("conv") + self.keys.streams("ledger"),

@@ -12,7 +12,8 @@ from eventbot.appender import Appender
 from eventbot.ids import new_event_id
 from eventbot.keys import Keys
 from eventbot.ledger import Ledger
-from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder, RedisReadModels, StreamLog
+from eventbot.readmodels import ArchiveLog, Limits, ReadModelBuilder, RedisReadModels, StreamLog, limits_for
+from eventbot.readmodels.log import decode_entries
 from eventbot.readmodels.keys import ReadModelKeys
 from eventbot.readmodels.positions import Position
 import eventbot.readmodels.reader as reader_module
@@ -111,6 +112,40 @@ async def test_a_context_read_folds_what_the_builder_has_not_applied_yet_in_one_
     built = await RedisReadModels(redis, keys, Limits(history_turns=5)).context(chat, None, chat)
     assert [t.text for t in built.history] == ["applied", "one", "two", "the one being answered"]
     assert built.history[:3] == folded.history and built.user.model == folded.user.model, "folded unlike the builder"
+
+
+async def test_a_request_sends_the_same_history_whether_the_read_model_holds_the_message_yet_or_not(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender
+) -> None:
+    """A retry or a takeover reads the chat after its message (and later ones) were applied; the
+    request it builds must be the first attempt's, or a retried answer is a different answer."""
+    from eventbot.settings import Settings
+    from services.agent.request import build_request
+
+    settings = Settings(history_turns=2)
+    limits = limits_for(settings)
+    builder = ReadModelBuilder(redis, keys, limits, StreamLog(redis, keys, codec))
+    async with running(consumer(redis, keys, codec, ReadModelHandler(builder), "readmodel", "rm")):
+        for i in range(4):
+            await appender.append(message(50, f"earlier {i}"))
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    asked = await appender.append(message(50, "asked"))
+    event = next(e for _, e in decode_entries(codec, await redis.xrange(asked.stream, asked.entry_id, asked.entry_id)))
+    before = str(Position.parse(asked.entry_id).previous())
+    reader = RedisReadModels(redis, keys, limits, codec=codec)
+    first = await reader.context_after(before, 50, None, 50, timeout=1)
+    async with running(consumer(redis, keys, codec, ReadModelHandler(builder), "readmodel", "rm")):
+        await appender.append(message(50, "and later"))
+        await eventually(lambda: drained(redis, keys, "readmodel"))
+    again = await reader.context_after(before, 50, None, 50, timeout=1)
+    assert first is not None and again is not None
+    assert "asked" not in [t.text for t in first.history] and "asked" in [t.text for t in again.history]
+
+    async def request(ctx: Any) -> Any:
+        return await build_request(ctx, [event], models=("m",), default_model="m", history_turns=settings.history_turns,
+                                   files=None)  # type: ignore[arg-type]
+
+    assert (await request(first)).messages == (await request(again)).messages
 
 
 async def test_a_context_read_waits_for_the_builder_when_the_gap_is_long(

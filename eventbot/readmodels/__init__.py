@@ -13,8 +13,14 @@ from eventbot.settings import Settings
 from events import EventCodec
 
 
+# Turns a chat's read model keeps beyond the ones a request sends. A read made after the
+# message being answered (a retry, a takeover) may already hold it and a few later turns;
+# without room for them the request's oldest turns would differ from the first attempt's.
+HISTORY_SLACK = 8
+
+
 def limits_for(settings: Settings) -> Limits:
-    return Limits(history_turns=settings.history_turns, recent_ops=settings.recent_ops)
+    return Limits(history_turns=settings.history_turns + HISTORY_SLACK, recent_ops=settings.recent_ops)
 
 
 def reader_for(redis: Redis, settings: Settings, codec: EventCodec) -> RedisReadModels:
