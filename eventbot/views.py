@@ -90,7 +90,8 @@ class ReadModels(Protocol):
         ...
 
     async def context_after(self, entry_id: str, chat_id: int, topic_id: int | None, user_id: int, timeout: float) -> Context | None:
-        """:meth:`context` once the chat's stream is applied through ``entry_id`` (None: not within ``timeout``)."""
+        """:meth:`context` as of ``entry_id``: everything of the chat's stream through it, whether the
+        builder has applied it yet or not (None: not reachable within ``timeout``)."""
         ...
 
     async def response(self, response_id: UUID, partition_key: str) -> ResponseView | None: ...

@@ -275,7 +275,7 @@ class Answerer:
         return "failed", error
 
     async def _record_end(self, event: ResponseCompleted | ResponseFailed | ResponseCancelled) -> None:
-        """Append the terminal event of an answer the user already has, waiting out a Redis outage.
+        """Append an answer's terminal event (the user may already have the answer), waiting out a Redis outage.
 
         Failed here, the message would be handed over again and, with no terminal event
         to find, answered a second time: a second final message in the chat (a real model
