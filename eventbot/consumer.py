@@ -376,7 +376,10 @@ class Consumer:
         failures = 0
         while True:
             try:
-                together = await self._with_heartbeat(batch)
+                # Every hand-over counts in the handler's view, a retry after a transient error
+                # too: its effect may be done and only the XACK lost (the agent's answer
+                # delivered), and a handler that took it for a first delivery would act afresh.
+                together = await self._with_heartbeat(_handed_again(batch, failures))
                 await self.redis.xack(batch.stream, self.config.group, *_ids(batch.deliveries, together))
                 self.metrics.processed.labels(*labels).inc(len(batch.deliveries))
                 return
@@ -391,16 +394,20 @@ class Consumer:
                 break
         # Find the poison: one entry at a time, in order, so the good ones still apply.
         for delivery in batch.deliveries:
-            await self._handle_one(batch, delivery)
+            await self._handle_one(batch, delivery, handed=failures + 1)
 
-    async def _handle_one(self, batch: Batch, delivery: Delivery) -> None:
+    async def _handle_one(self, batch: Batch, delivery: Delivery, handed: int) -> None:
+        """``handed``: how often the handler has had this entry already (in its batch)."""
         labels = (self.config.group, batch.stream)
-        deliveries = delivery.deliveries
+        deliveries = delivery.deliveries  # counted in the group, toward dead-lettering
         failures = 0
         while True:
-            # The handler sees this attempt's count: a retry is a redelivery to it (the agent
-            # then checks what the earlier attempt already did).
-            single = msgspec.structs.replace(batch, deliveries=(msgspec.structs.replace(delivery, deliveries=deliveries),))
+            # The handler sees every hand-over as a redelivery (the agent then checks what the
+            # earlier attempt already did); only the handler's own failures count toward the
+            # dead-letter limit, not a store's outage.
+            single = msgspec.structs.replace(
+                batch, deliveries=(msgspec.structs.replace(delivery, deliveries=deliveries + handed + failures),)
+            )
             try:
                 together = await self._with_heartbeat(single)
                 await self.redis.xack(batch.stream, self.config.group, *_ids(single.deliveries, together))
@@ -532,6 +539,15 @@ def _summary_min(summary: dict) -> str | None:
 
 def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _handed_again(batch: Batch, times: int) -> Batch:
+    """``batch`` as its handler sees it after ``times`` earlier hand-overs in this process."""
+    if not times:
+        return batch
+    return msgspec.structs.replace(
+        batch, deliveries=tuple(msgspec.structs.replace(d, deliveries=d.deliveries + times) for d in batch.deliveries)
+    )
 
 
 def _ids(deliveries: Sequence[Delivery], together: Iterable[str] | None) -> list[str]:

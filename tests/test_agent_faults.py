@@ -266,3 +266,61 @@ async def test_an_answer_delivered_while_redis_is_down_is_recorded_once_not_answ
     assert len(world.claude.requests) == 1, "the message was answered a second time"
     assert len(world.replies(ADA.id)) == 1 and len(completed) == 1
     assert len(charged) == 1
+
+
+async def test_a_message_whose_ack_was_lost_does_not_cancel_the_next_answer(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first answer is delivered and its XACK lost to a blip; the consumer hands it over again
+    while the user's next question is being answered. It must be taken for what it is, a message
+    answered already: before, it looked new, superseded the answer in progress, and the merged
+    retry found it answered and ended there, so the next question got no answer at all."""
+    from redis.asyncio import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from services.agent.main import GROUP
+
+    xack = Redis.xack
+    lost: list[tuple] = []
+    blip = asyncio.Event()
+
+    async def answered(name, ids) -> bool:  # type: ignore[no-untyped-def]
+        entries = [entry for i in ids for entry in await world.redis.xrange(name, i, i)]
+        return any(fields[b"t"] == b"message.received" for _, fields in entries)
+
+    async def first_ack_lost(self, name, groupname, *ids):  # type: ignore[no-untyped-def]
+        if groupname == GROUP and not lost and await answered(name, ids):
+            lost.append(ids)
+            await blip.wait()
+            raise RedisConnectionError("connection lost before the ack")
+        return await xack(self, name, groupname, *ids)
+
+    monkeypatch.setattr(Redis, "xack", first_ack_lost)
+    world.claude.answer_chars, world.claude.delta_chars, world.claude.delta_delay_s = 600, 10, 0.03
+    await world.credit(ADA, 10**7)
+    await world.start_agent()
+    first = await world.says(ADA, "first question")
+    await world.wait_events(ADA.id, "response.completed")
+    await asyncio.wait_for(_until(lambda: bool(lost)), 10)
+    second = await world.says(ADA, "second question")
+    await asyncio.wait_for(_until(lambda: len(world.claude.deltas_of(1)) >= 3), 10)
+    blip.set()  # the ack fails now, and the first message comes back while the second streams
+    completed = await world.wait_events(ADA.id, "response.completed", n=2, timeout=15)
+    await asyncio.sleep(0.5)
+    events = await world.conv_events(ADA.id)
+    started = [e.message_ids for e in events if e.type_name() == "response.started"]
+    assert started == [(first.message_id,), (second.message_id,)]
+    assert not [e for e in events if e.type_name() == "response.cancelled"]
+    assert len(completed) == 2 and len(world.claude.requests) == 2
+    assert len(world.replies(ADA.id)) == 2
+    stream = world.keys.stream("conv", world.keys.partition_of(first.partition_key))
+
+    async def nothing_pending() -> bool:
+        return (await world.redis.xpending(stream, GROUP))["pending"] == 0
+
+    await asyncio.wait_for(_until_async(nothing_pending), 10)  # both acked in the end
+
+
+async def _until_async(predicate) -> None:  # type: ignore[no-untyped-def]
+    while not await predicate():
+        await asyncio.sleep(0.02)

@@ -194,8 +194,31 @@ async def test_a_handler_retried_in_process_sees_the_attempt_count(
     async with running(make(redis, keys, codec, Recorder(fail_twice), "c", max_deliveries=5)):
         await eventually(lambda: len(seen) >= 3)
         await eventually(lambda: _zero(pending_total(redis, keys)))
-    # The batch (fails), the entry alone as delivered (fails), the entry alone once more: attempt 2.
-    assert seen == [1, 1, 2]
+    # The batch (fails), the entry alone (fails), the entry alone once more: each hand-over counts.
+    assert seen == [1, 2, 3]
+
+
+async def test_a_handler_retried_after_a_transient_error_sees_a_redelivery(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender
+) -> None:
+    """The handler's effect may be done and only the ack lost to an outage: handed the entry
+    again, it must be told so (the agent took such a retry for a new message, which cancelled
+    the answer in progress and left it unanswered)."""
+    from eventbot.errors import StoreUnavailable
+
+    await appender.append_many([message(6, "acked late")])
+    seen: list[int] = []
+
+    async def done_but_unacked(batch: Batch) -> None:
+        seen.append(batch.deliveries[0].deliveries)
+        if len(seen) <= 2:
+            raise StoreUnavailable("redis went away before the ack")
+
+    async with running(make(redis, keys, codec, Recorder(done_but_unacked), "c", max_deliveries=2)):
+        await eventually(lambda: len(seen) >= 3)
+        await eventually(lambda: _zero(pending_total(redis, keys)))
+    assert seen == [1, 2, 3]
+    assert await redis.xlen(keys.dead_letters("g", "conv", keys.partition_of("6"))) == 0
 
 
 async def test_always_failing_entry_is_dead_lettered_and_the_partition_moves_on(
