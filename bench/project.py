@@ -26,9 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+import multiprocessing
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import msgspec
@@ -105,6 +109,29 @@ async def bench_projector(
     return rate
 
 
+def projector_process(namespace: str, dsn: str, total: int, batch: int, schema: str, group: str) -> float:
+    """``bench_projector`` in a process of its own, set up as ``eventbot run projector`` sets up its own."""
+    async def run() -> float:
+        redis = redis_client(redis_url())
+        pool = await open_pool(dsn, max_size=8, name="bench-projector")
+        freeze_startup_heap()
+        try:
+            return await bench_projector(redis, Keys(namespace, PARTITIONS), default_codec(), pool, total, batch, schema, group)
+        finally:
+            await pool.close()
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+async def in_own_process(fn: Callable[..., float], *args: Any) -> float:
+    """``fn(*args)`` in a fresh interpreter: a service's process holds its own work, not this
+    benchmark's 200k generated events and raw rows (held here, they slow a drain by 10-30 %:
+    the allocator hands out memory scattered among them)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
 async def final_rows(redis: Redis, keys: Keys, codec: EventCodec, pool: Any) -> dict[str, list[list[Any]]]:
     """The rows the tables hold once every stream is projected: the archive row of every event and one
     row per key, built with the projector's own code."""
@@ -176,41 +203,57 @@ def _shaped(shaper: PostgresProjection, keys: Keys, events: list[tuple[Event, st
     return [(t.name, row) for t in ALL_TABLES for row in out.get(t.name, [])]
 
 
-async def bench_write_behind(
-    redis: Redis, keys: Keys, codec: EventCodec, pool: Any, dsn: str, events: list[Event], schema: str = "writebehind",
-) -> float:
-    """The pattern this project replaces: RPUSH JSON, a flusher LPOPs 100 and writes them in one transaction.
-
-    It writes what the projector writes for those events (the archive row and the upserted
-    table rows, same tables and indexes), one parameterised statement per row in a pipeline
-    (psycopg's executemany); unlike the projector it keeps no checkpoint, and loses what it
-    popped when the commit fails.
-    """
+async def fill_write_behind(redis: Redis, keys: Keys, codec: EventCodec, pool: Any, events: list[Event], schema: str) -> str:
+    """The LIST peer's queue (its producers' RPUSH of JSON, not timed) and its tables; returns the queue's key."""
     queue = f"{keys.namespace}:wb:{schema}"
     for i in range(0, len(events), 1000):
         await redis.rpush(queue, *(codec.to_json(e) for e in events[i:i + 1000]))
     async with pool.connection() as conn:
         await migrate(conn, schema, load())
-    shaper = PostgresProjection(pool, codec, schema)
-    statements = {t.name: upsert_values(schema, t).as_string() for t in ALL_TABLES}
-    head = msgspec.json.Decoder(_Head)
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        started = time.perf_counter()
-        done = 0
-        while True:
-            popped = await redis.lpop(queue, 100)
-            if not popped:
-                break
-            batch = []
-            for raw in popped:
-                kind = head.decode(raw).type
-                batch.append((codec.from_json(kind, codec.types[kind].version, raw), raw.decode()))
-            rows = _shaped(shaper, keys, batch, done + 1)
-            done += len(batch)
-            async with conn.transaction(), conn.cursor() as cur:
-                for name, group in itertools.groupby(rows, key=lambda r: r[0]):
-                    await cur.executemany(statements[name], [values for _, values in group])
-        return len(events) / (time.perf_counter() - started)
+    return queue
+
+
+def write_behind_process(namespace: str, dsn: str, queue: str, total: int, schema: str) -> float:
+    """The LIST peer's flusher, in a process of its own as the projector is: events/s.
+
+    The pattern this project replaces: a flusher LPOPs 100 and writes them in one transaction.
+    It writes what the projector writes for those events (the archive row and the upserted
+    table rows, same tables and indexes), one parameterised statement per row in a pipeline
+    (psycopg's executemany); unlike the projector it keeps no checkpoint, and loses what it
+    popped when the commit fails.
+    """
+    async def run() -> float:
+        redis = redis_client(redis_url())
+        codec, keys = default_codec(), Keys(namespace, PARTITIONS)
+        shaping = await open_pool(dsn, max_size=1, name="bench-shaper")  # the shaper below writes nothing
+        shaper = PostgresProjection(shaping, codec, schema)
+        statements = {t.name: upsert_values(schema, t).as_string() for t in ALL_TABLES}
+        head = msgspec.json.Decoder(_Head)
+        freeze_startup_heap()
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                started = time.perf_counter()
+                done = 0
+                while True:
+                    popped = await redis.lpop(queue, 100)
+                    if not popped:
+                        break
+                    batch = []
+                    for raw in popped:
+                        kind = head.decode(raw).type
+                        batch.append((codec.from_json(kind, codec.types[kind].version, raw), raw.decode()))
+                    rows = _shaped(shaper, keys, batch, done + 1)
+                    done += len(batch)
+                    async with conn.transaction(), conn.cursor() as cur:
+                        for name, group in itertools.groupby(rows, key=lambda r: r[0]):
+                            await cur.executemany(statements[name], [values for _, values in group])
+                assert done == total, f"LIST peer: {done} of {total} events flushed"
+                return total / (time.perf_counter() - started)
+        finally:
+            await shaping.close()
+            await redis.aclose()
+
+    return asyncio.run(run())
 
 
 class _Head(msgspec.Struct):
@@ -284,6 +327,22 @@ async def bench_replay(redis: Redis, keys: Keys, codec: EventCodec, pool: Any, h
     return report.events, time.perf_counter() - started
 
 
+async def settle(pool: Any, timeout_s: float = 60.0) -> None:
+    """Let the server finish what earlier writes left it (autovacuum of the tables just filled, dirty
+    buffers) before a measurement starts, so that no figure pays for the one measured before it."""
+    deadline = time.monotonic() + timeout_s
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("CHECKPOINT")
+        while time.monotonic() < deadline:
+            cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return
+            await asyncio.sleep(0.2)
+
+
 def _median_round(rounds: list[tuple[float, float, float]], ratio: Any) -> tuple[float, float, float]:
     """The round whose ``ratio`` is the median (the upper one of an even count)."""
     return sorted(rounds, key=ratio)[len(rounds) // 2]
@@ -327,9 +386,13 @@ async def main(events_n: int, replay_n: int, peer_n: int, batch: int, json_path:
         for r in range(rounds):
             suffix = f"_r{r}" if r else ""
             print(f"round {r + 1} of {rounds}: projector, raw COPY, LIST write-behind peer...", flush=True)
-            projected = await bench_projector(redis, keys, codec, pool, total, batch, LIVE + suffix, "postgres" + suffix)
+            queue = await fill_write_behind(redis, keys, codec, pool, events, "writebehind" + suffix)
+            await settle(pool)
+            projected = await in_own_process(projector_process, keys.namespace, dsn, total, batch, LIVE + suffix, "postgres" + suffix)
+            await settle(pool)
             raw_copy = await bench_raw_copy(pool, codec, raw_rows, total, "rawcopy" + suffix)
-            write_behind = await bench_write_behind(redis, keys, codec, pool, dsn, events, "writebehind" + suffix)
+            await settle(pool)
+            write_behind = await in_own_process(write_behind_process, keys.namespace, dsn, queue, total, "writebehind" + suffix)
             measured.append((projected, raw_copy, write_behind))
             print(f"#   projector {projected:,.0f}/s, raw COPY {raw_copy:,.0f}/s ({projected / raw_copy:.2f}), "
                   f"LIST peer {write_behind:,.0f}/s ({projected / write_behind:.2f})", flush=True)
