@@ -17,7 +17,9 @@ Each figure stands next to a raw limit measured in the same run on the same rows
   projection pattern: the rows and the tracking record, one transaction per event).
 The projector, its raw COPY and the LIST peer run in rounds (three by default), close
 in time, because this kind of machine changes speed by up to 1.7x for seconds at a time;
-each ratio is reported from its median round.
+each ratio is reported from its median round. The projector and the LIST peer's flusher
+each drain in a fresh process (as a service runs), and each measurement starts once the
+server has settled what the previous one left it (autovacuum, a checkpoint).
 Servers come from REDIS_URL / DATABASE_URL (else 127.0.0.1 defaults); the benchmark
 creates its own database and key namespace and removes both.
 """
