@@ -396,6 +396,11 @@ async def main(events_n: int, replay_n: int, peer_n: int, batch: int, json_path:
             await settle(pool)
             write_behind = await in_own_process(write_behind_process, keys.namespace, dsn, queue, total, "writebehind" + suffix)
             measured.append((projected, raw_copy, write_behind))
+            # Read again by nothing: dropped, so that every round starts on the same database
+            # (the live schema, filled in the first round, stays for the replay).
+            async with pool.connection() as conn:
+                for schema in ("rawcopy" + suffix, "writebehind" + suffix, *((LIVE + suffix,) if suffix else ())):
+                    await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
             print(f"#   projector {projected:,.0f}/s, raw COPY {raw_copy:,.0f}/s ({projected / raw_copy:.2f}), "
                   f"LIST peer {write_behind:,.0f}/s ({projected / write_behind:.2f})", flush=True)
         projected, raw_copy, _ = _median_round(measured, lambda m: m[0] / m[1])
