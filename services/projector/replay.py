@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from eventbot.keys import Keys
-from eventbot.readmodels import ArchiveLog, ReadModelBuilder
+from eventbot.readmodels import ArchiveLog, EventLog, ReadModelBuilder
 from eventbot.readmodels.keys import ReadModelKeys
 from eventbot.readmodels.positions import ZERO, Position
 from eventbot.tasks import cancel_and_wait
@@ -308,6 +308,25 @@ async def _finish(
             report.previous_schema = previous
 
 
+async def _catch_up(
+    redis: Redis, keys: Keys, builder: ReadModelBuilder, source: EventLog, bar: Progress, *, ahead: int, behind: int,
+) -> bool:
+    """Apply to generation ``behind`` what generation ``ahead`` has and it lacks; True if it lacked any."""
+    rm = ReadModelKeys(keys)
+    lacked = False
+    for stream in _streams(keys):
+        p = int(stream.rsplit("{", 1)[1].rstrip("}"))
+        at_ahead, at_behind = await redis.hget(rm.position(ahead, p), stream), await redis.hget(rm.position(behind, p), stream)
+        ahead_pos = Position.parse(at_ahead.decode()) if at_ahead else None
+        behind_pos = Position.parse(at_behind.decode()) if at_behind else None
+        if ahead_pos is not None and (behind_pos is None or behind_pos < ahead_pos):
+            lacked = True
+            async for chunk in source.stream(stream, behind_pos, None, chunk=5000):
+                await builder.apply(stream, chunk, gen=behind)
+                bar.add(len(chunk))
+    return lacked
+
+
 async def replay_redis(
     redis: Redis, keys: Keys, builder: ReadModelBuilder, log: ArchiveLog | None = None, *,
     total: int = 0, progress: ProgressFactory = Progress, grace_s: float = 1.0,
@@ -325,26 +344,19 @@ async def replay_redis(
             bar.add(len(chunk))
     # Catch up with what the live builder applied meanwhile, then switch.
     for _ in range(100):
-        behind = False
-        for stream in _streams(keys):
-            p = int(stream.rsplit("{", 1)[1].rstrip("}"))
-            at_live, at_new = await redis.hget(rm.position(live, p), stream), await redis.hget(rm.position(new, p), stream)
-            live_pos = Position.parse(at_live.decode()) if at_live else None
-            new_pos = Position.parse(at_new.decode()) if at_new else None
-            if live_pos is not None and (new_pos is None or new_pos < live_pos):
-                behind = True
-                async for chunk in source.stream(stream, new_pos, None, chunk=5000):
-                    await builder.apply(stream, chunk, gen=new)
-                    bar.add(len(chunk))
-        if not behind:
+        if not await _catch_up(redis, keys, builder, source, bar, ahead=live, behind=new):
             break
     pipe = redis.pipeline(transaction=True)
     pipe.hset(rm.pointer, "live", new)
     pipe.hdel(rm.pointer, "next")
     await pipe.execute()
-    bar.finish()
     # Readers and the builder notice the pointer on their next call; give in-flight ones a moment.
     await asyncio.sleep(grace_s)
+    # A batch the live builder began before the switch went to the old generation. The next
+    # batch of its partition would fill the new one's gap from the log, but with no next batch
+    # (the traffic paused) the new generation would go on missing it: copy it over now.
+    await _catch_up(redis, keys, builder, source, bar, ahead=live, behind=new)
+    bar.finish()
     deleted = 0
     async for key in redis.scan_iter(match=f"{rm.prefix(live)}*", count=1000):
         deleted += await redis.unlink(key)
