@@ -141,10 +141,7 @@ async def test_replay_redis_switches_generation_under_a_running_builder(
             await writer
             await eventually(lambda: drained(redis, keys, "readmodel"))
         assert report.generation == 2 and report.deleted_keys > 0
-        for user, head in traffic.heads.items():
-            view = await reader.user(user)
-            assert view is not None and (view.balance, view.held) == (head.balance, head.held)
-            assert view.recent_ops[-1].seq == head.seq
+        await _users_match_their_ledgers(reader, traffic)
     finally:
         await pool.close()
 
@@ -181,13 +178,16 @@ async def test_replay_redis_keeps_a_batch_the_live_builder_wrote_to_the_old_gene
             await live_builder.apply(stream, await _entries(redis, codec, stream, after), gen=old)  # the straggler
         report = await replay
         assert report.previous_generation == old
-        reader = RedisReadModels(redis, keys, Limits())
-        for user, head in traffic.heads.items():
-            view = await reader.user(user)
-            assert view is not None and (view.balance, view.held) == (head.balance, head.held)
-            assert view.recent_ops[-1].seq == head.seq
+        await _users_match_their_ledgers(RedisReadModels(redis, keys, Limits()), traffic)
     finally:
         await pool.close()
+
+
+async def _users_match_their_ledgers(reader: RedisReadModels, traffic: Traffic) -> None:
+    for user, head in traffic.heads.items():
+        view = await reader.user(user)
+        assert view is not None and (view.balance, view.held) == (head.balance, head.held)
+        assert view.recent_ops[-1].seq == head.seq
 
 
 async def _entries(redis: Redis, codec: EventCodec, stream: str, first: str = "-") -> list[tuple[str, Any]]:
