@@ -279,6 +279,7 @@ async def test_a_message_whose_ack_was_lost_does_not_cancel_the_next_answer(
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from services.agent.main import GROUP
+    from tests.waiting import eventually
 
     xack = Redis.xack
     lost: list[tuple] = []
@@ -301,9 +302,9 @@ async def test_a_message_whose_ack_was_lost_does_not_cancel_the_next_answer(
     await world.start_agent()
     first = await world.says(ADA, "first question")
     await world.wait_events(ADA.id, "response.completed")
-    await asyncio.wait_for(_until(lambda: bool(lost)), 10)
+    await eventually(lambda: bool(lost), 10)
     second = await world.says(ADA, "second question")
-    await asyncio.wait_for(_until(lambda: len(world.claude.deltas_of(1)) >= 3), 10)
+    await eventually(lambda: len(world.claude.deltas_of(1)) >= 3, 10)
     blip.set()  # the ack fails now, and the first message comes back while the second streams
     completed = await world.wait_events(ADA.id, "response.completed", n=2, timeout=15)
     await asyncio.sleep(0.5)
@@ -318,9 +319,4 @@ async def test_a_message_whose_ack_was_lost_does_not_cancel_the_next_answer(
     async def nothing_pending() -> bool:
         return (await world.redis.xpending(stream, GROUP))["pending"] == 0
 
-    await asyncio.wait_for(_until_async(nothing_pending), 10)  # both acked in the end
-
-
-async def _until_async(predicate) -> None:  # type: ignore[no-untyped-def]
-    while not await predicate():
-        await asyncio.sleep(0.02)
+    await eventually(nothing_pending, 10)  # both acked in the end
