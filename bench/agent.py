@@ -16,6 +16,10 @@ zero think time every figure is just queueing behind 200 users). Figures:
     (counted in the agent process per answer: every command or pipeline sent);
 (d) Postgres connections and queries opened by the agent (must be 0).
 
+For the slowest 1 % of (a), when one agent process runs: the share of each window its
+event loop waited for I/O and the share it spent on CPU (``bench/looptime.py``); the
+rest it waited for a core.
+
 Each with its p50/p99 and the raw limit measured in the same run: for (a) three
 sequential Redis round trips plus one bare HTTP POST to the fake model; for (b)
 one bare ``sendMessageDraft`` through aiogram to the fake Bot API. Timestamps
@@ -49,6 +53,7 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from prometheus_client import CollectorRegistry
 
+from bench.looptime import LoopTurns, spent
 from bench.report import Figure, emit
 from bench.servers import redis_url
 from eventbot.appender import Appender
@@ -212,6 +217,29 @@ class Run:
                 figures.append(Figure(f"agent (a) stage: {name}, p50", statistics.median(spans[name]) * 1000, "ms"))
                 figures.append(Figure(f"agent (a) stage: {name}, p99", pct(spans[name], 99) * 1000, "ms"))
         return figures
+
+
+    def tail(self, records: list[dict[str, Any]], turns: list[Any], slowest: float = 0.01) -> list[Figure]:
+        """The slowest ``slowest`` share of hot paths (a): how much of each window the agent's loop
+        waited for I/O and how much CPU it used (one agent process only: its loop's turns)."""
+        windows = sorted(
+            ((r["received_at"] - self.appended_at[r["text"]], self.appended_at[r["text"]], r["received_at"])
+             for r in records if r["text"] in self.appended_at),
+            reverse=True,
+        )
+        windows = windows[:max(1, round(len(windows) * slowest))]
+        waited, busy = [], []
+        for wall, t0, t1 in windows:
+            w, cpu = spent(turns, t0, t1)
+            waited.append(w / wall)
+            busy.append(cpu / wall)
+            print(f"# slow hot path {wall * 1000:.1f} ms: the agent's loop waited {w * 1000:.1f} ms for I/O "
+                  f"and used {cpu * 1000:.1f} ms of CPU (the rest: waiting for a core)")
+        share = f"slowest {slowest:.0%} of hot paths"
+        return [
+            Figure(f"agent (a) {share}: agent loop waiting for I/O, share of the window", statistics.fmean(waited) * 100, "%"),
+            Figure(f"agent (a) {share}: agent CPU, share of the window", statistics.fmean(busy) * 100, "%"),
+        ]
 
 
 class ModelProcess:
@@ -419,6 +447,8 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
     ms = 1000.0
     answered = len(answers)
     breakdown = run.breakdown(counted["stages"], records)
+    if agents == 1:
+        breakdown += run.tail(records, counted["turns"][0])
     pauses = counted.get("gc", [])
     for gen in (0, 1, 2):
         mine = [d for g, d in pauses if g == gen]
@@ -457,6 +487,7 @@ def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "postgres": sum(p["postgres"] for p in parts),
         "cpu_s": sum(p["cpu_s"] for p in parts),
         "gc": [g for p in parts for g in p["gc"]],
+        "turns": [p["turns"] for p in parts],
     }
 
 
@@ -592,17 +623,20 @@ def child() -> None:
             gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
 
     gc.callbacks.append(on_gc)
+    loop_turns = LoopTurns()
 
     async def serve() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         freeze_startup_heap()  # as `eventbot run` does
         gc_pauses.clear()  # startup's collections are not the hot path's
+        loop_turns.install(asyncio.get_running_loop())
         await run_agent(settings, stop=stop)
 
     asyncio.run(serve())
     cpu = os.times().user + os.times().system
-    Path(os.environ["BENCH_AGENT_OUT"]).write_text(json.dumps({"answers": answers, "postgres": postgres[0], "cpu_s": cpu, "stages": stages, "gc": gc_pauses}))
+    Path(os.environ["BENCH_AGENT_OUT"]).write_text(json.dumps({"answers": answers, "postgres": postgres[0], "cpu_s": cpu, "stages": stages, "gc": gc_pauses,
+                                                            "turns": loop_turns.turns}))
 
 
 if __name__ == "__main__":
