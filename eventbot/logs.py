@@ -68,6 +68,9 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+QUIETED = ("aiohttp.access", "aiogram.event", "httpx", "httpcore", "httpx2", "httpcore2", "anthropic")
+
+
 def configure_logging(level: str = "INFO", secrets: Iterable[str | None] = (), stream=None) -> logging.Handler:  # type: ignore[no-untyped-def]
     """Route every logger (ours and the libraries') through one JSON handler with redaction."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -80,6 +83,7 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str | None] = (), s
     root.setLevel(level)
     # These libraries log URLs (with the bot token), update text or whole request
     # bodies (the conversation) at INFO/DEBUG: never below WARNING, whatever the level.
-    for name in ("aiohttp.access", "aiogram.event", "httpx", "httpcore", "anthropic"):
+    # The Anthropic SDK's HTTP stack logs as httpx2 and httpcore2.
+    for name in QUIETED:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     return handler

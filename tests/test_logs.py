@@ -25,3 +25,19 @@ def test_logs_are_json_with_correlation_and_without_secrets() -> None:
     for secret in (token, "my-api-key-123", "sk-ant-api03-abcdefghijklmnop"):
         assert secret not in text
     assert "***" in lines[0]["msg"] and "***" in lines[2]["exc"]
+
+
+def test_the_http_libraries_under_the_sdks_stay_at_warning_even_at_debug() -> None:
+    # They log URLs (a bot token) and request details; the Anthropic SDK's stack logs as httpx2/httpcore2.
+    out = io.StringIO()
+    handler = configure_logging("DEBUG", stream=out)
+    try:
+        for name in ("httpx2", "httpcore2.http11", "httpcore2.connection", "httpx", "anthropic._base_client",
+                     "aiogram.event", "aiohttp.access"):
+            logging.getLogger(name).info("HTTP Request: POST https://example.invalid/v1/messages")
+            logging.getLogger(name).debug("send_request_headers.started")
+        logging.getLogger("eventbot.agent").debug("ours")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == ["eventbot.agent"]

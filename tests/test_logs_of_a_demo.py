@@ -35,11 +35,10 @@ def test_a_demo_run_logs_no_secret_and_no_message_text(redis_server_url: str, da
     assert summary["audit_ok"] is True and summary["replay_ok"] is True and summary["ok"] is True
     assert summary["events"] == sum(summary["events_by_type"].values()) > 6 and summary["ttft_p50_ms"] > 0
     logs = result.stderr
-    # The checks below look at something: the run logged at DEBUG, and every call to the model
-    # (where a key or a prompt could leak) left its line.
+    # The checks below look at what the run logged at DEBUG, eventbot's own lines among them
+    # (the HTTP libraries stay at WARNING: tests/test_logs.py).
     records = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
-    assert any(r["level"] == "DEBUG" for r in records)
-    assert sum("/v1/messages" in r["msg"] for r in records) >= summary["answers"], records[-5:]
+    assert any(r["level"] == "DEBUG" and r["logger"].startswith("eventbot.") for r in records), records[:5]
     assert not TOKEN_SHAPE.search(logs)
     assert DEMO_API_KEY not in logs
     for topic in TOPICS:
