@@ -218,7 +218,6 @@ class Run:
                 figures.append(Figure(f"agent (a) stage: {name}, p99", pct(spans[name], 99) * 1000, "ms"))
         return figures
 
-
     def tail(self, records: list[dict[str, Any]], turns: list[Any], slowest: float = 0.01) -> list[Figure]:
         """The slowest ``slowest`` share of hot paths (a): how much of each window the agent's loop
         waited for I/O and how much CPU it used (one agent process only: its loop's turns)."""
@@ -635,8 +634,10 @@ def child() -> None:
 
     asyncio.run(serve())
     cpu = os.times().user + os.times().system
-    Path(os.environ["BENCH_AGENT_OUT"]).write_text(json.dumps({"answers": answers, "postgres": postgres[0], "cpu_s": cpu, "stages": stages, "gc": gc_pauses,
-                                                            "turns": loop_turns.turns}))
+    Path(os.environ["BENCH_AGENT_OUT"]).write_text(json.dumps({
+        "answers": answers, "postgres": postgres[0], "cpu_s": cpu, "stages": stages, "gc": gc_pauses,
+        "turns": loop_turns.turns,
+    }))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def test_logs_are_json_with_correlation_and_without_secrets() -> None:
 def test_the_http_libraries_under_the_sdks_stay_at_warning_even_at_debug() -> None:
     # They log URLs (a bot token) and request details; the Anthropic SDK's stack logs as httpx2/httpcore2.
     out = io.StringIO()
+    root_level = logging.getLogger().level
     handler = configure_logging("DEBUG", stream=out)
     try:
         for name in ("httpx2", "httpcore2.http11", "httpcore2.connection", "httpx", "anthropic._base_client",
@@ -39,5 +40,6 @@ def test_the_http_libraries_under_the_sdks_stay_at_warning_even_at_debug() -> No
         logging.getLogger("eventbot.agent").debug("ours")
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(root_level)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["logger"] for line in lines] == ["eventbot.agent"]
