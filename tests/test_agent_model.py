@@ -9,7 +9,8 @@ import anthropic
 import pytest
 
 from eventbot.fakes.anthropic import FakeAnthropic, Fault
-from services.agent.model import EVENTS_PER_SLICE, ModelError, Progress, RetryPolicy, stream_answer
+import services.agent.model as model_module
+from services.agent.model import ModelError, Progress, RetryPolicy, stream_answer
 
 FAST = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.05)
 
@@ -66,10 +67,12 @@ async def test_a_bad_request_is_not_retried(fake: FakeAnthropic) -> None:
     assert len(fake.requests) == 1
 
 
-async def test_a_burst_of_stream_events_leaves_the_event_loop_to_others() -> None:
+async def test_a_burst_of_stream_events_leaves_the_event_loop_to_others(monkeypatch: pytest.MonkeyPatch) -> None:
     # A long answer at zero delay arrives in a few socket reads; parsed without a yield,
     # it would stall every other conversation on the agent's loop until its end.
+    monkeypatch.setattr(model_module, "SLICE_S", 0.0)  # a slice per event: the count no longer depends on the CPU
     seen_at: list[int] = []
+    paced_at: list[int] = []
     progress = Progress()
 
     async def other_conversation() -> None:
@@ -77,17 +80,22 @@ async def test_a_burst_of_stream_events_leaves_the_event_loop_to_others() -> Non
             seen_at.append(progress.deltas)
             await asyncio.sleep(0)
 
+    async def pace() -> None:
+        paced_at.append(progress.deltas)
+        await asyncio.sleep(0)
+
     async with FakeAnthropic(answer_chars=2_000, delta_chars=4) as server:
         async with anthropic.AsyncAnthropic(api_key="k", base_url=server.base_url, max_retries=0) as client:
             other = asyncio.create_task(other_conversation())
             try:
-                await stream_answer(client, params(), progress, lambda d: None, retry=FAST)
+                await stream_answer(client, params(), progress, lambda d: None, retry=FAST, pace=pace)
             finally:
                 other.cancel()
     assert progress.deltas == 500
     during = {d for d in seen_at if 0 < d < progress.deltas}
-    # One turn per EVENTS_PER_SLICE events at least (socket reads alone give a handful).
-    assert len(during) >= progress.deltas // EVENTS_PER_SLICE // 2, len(during)
+    assert len(during) >= progress.deltas - 1, len(during)
+    # Up to the first text the answer is urgent itself: it yields a turn, never waits at the gate.
+    assert paced_at and min(paced_at) == 1 and len(paced_at) >= progress.deltas - 1
 
 
 async def test_thinking_before_the_text_is_not_shown_and_is_billed() -> None:

@@ -48,6 +48,7 @@ from services.agent.holds import InsufficientBalance, plan_hold
 from services.agent.limiter import Limiters
 from services.agent.metrics import AgentMetrics
 from services.agent.model import ModelError, Progress, stream_answer, stream_models
+from services.agent.pacing import BackgroundGate, Urgent
 from services.agent.presenter import Presenter, Target
 from services.agent.request import build_request
 from services.agent.tokens import TokenSink
@@ -126,6 +127,9 @@ class Answerer:
         self.metrics = metrics
         self._started_here: OrderedDict[UUID, None] = OrderedDict()
         self._stream_models = stream_models()  # kept built for the answerer's life (see stream_models)
+        # Every answer's background work goes through one gate, so that none of it delays a
+        # message on its way to the model or an answer's first text (see pacing.py).
+        self._background = BackgroundGate()
 
     async def answer(self, jobs: Sequence[Job], cancel: Cancel) -> bool:
         """Answer ``jobs`` (one chat, oldest first) as one response; True if superseded (answer again, merged)."""
@@ -139,19 +143,25 @@ class Answerer:
             chat_id=last.chat_id, topic_id=last.topic_id, private=last.chat_type == "private",
             reply_to=last.message_id, draft_id=rid.int % (2**31 - 1) + 1,
         )
+        # Urgent until the user sees the first text: other answers' background work waits.
+        urgent = self._background.urgent()
         presenter = Presenter(
             self.bot, self.limiters.for_chat(last.chat_id), target,
             interval_s=self.config.draft_interval_s, typing_interval_s=self.config.typing_interval_s,
+            pace=self._background.turn, on_first_shown=urgent.end,
         )
         presenter.start_typing()
         try:
             if retry and await self._already_answered(rid, last):
                 return False
-            return await self._answer(jobs, rid, retry, presenter, cancel)
+            return await self._answer(jobs, rid, retry, presenter, cancel, urgent)
         finally:
+            urgent.end()
             await presenter.close()
 
-    async def _answer(self, jobs: Sequence[Job], rid: UUID, retry: bool, presenter: Presenter, cancel: Cancel) -> bool:
+    async def _answer(
+        self, jobs: Sequence[Job], rid: UUID, retry: bool, presenter: Presenter, cancel: Cancel, urgent: Urgent,
+    ) -> bool:
         last, config = jobs[-1].event, self.config
         at, cid = last.occurred_at, last.correlation_id
         # The request needs everything *before* the answered messages (they come from
@@ -187,7 +197,10 @@ class Answerer:
             message_ids=tuple(j.event.message_id for j in jobs), model=request.model, max_tokens=hold.max_tokens,
             attempt=attempt, **common,
         )
-        sink = TokenSink(self.appender, rid, last.partition_key, attempt, at, batch=config.token_batching, correlation_id=cid)
+        sink = TokenSink(
+            self.appender, rid, last.partition_key, attempt, at, batch=config.token_batching, correlation_id=cid,
+            pace=self._background.turn,
+        )
         progress = Progress()
         began = time.perf_counter()
         self.metrics.active.inc()
@@ -195,10 +208,12 @@ class Answerer:
             outcome, failure = await self._stream(request.params(hold.max_tokens), progress, presenter, sink, cancel, started_event)
         finally:
             self.metrics.active.dec()
+            urgent.end()  # shown or not, what is left of the answer is background work
 
         # Token events first: between the final message reaching Telegram and the
         # terminal event, a crash makes a takeover send the answer again, so that
         # window must hold nothing but building and appending that one event.
+        await self._background.turn()
         await sink.close()
         if outcome == "superseded":
             await presenter.discard()
@@ -232,6 +247,7 @@ class Answerer:
             assert failure is not None
             event = self._failed(last, rid, failure.cause, failure.retryable, progress, cost, request.model)
         await self._record_end(event)
+        await self._background.turn()
         await self._settle(last, rid, hold, request.model, usage)
         self._observe(outcome, progress, presenter, began, last, request.model, cost)
         return outcome == "superseded"
@@ -251,7 +267,7 @@ class Answerer:
             return cancel.reason, None
         streaming = asyncio.create_task(stream_answer(
             self.claude, params, progress, on_delta, retry=self.config.retry,
-            on_retry=lambda cause: self.metrics.retries.labels(cause).inc(),
+            on_retry=lambda cause: self.metrics.retries.labels(cause).inc(), pace=self._background.turn,
         ))
         # Recorded while the model is being called (the request goes out first):
         # nothing needs it before the first token, and the terminal event waits for it.

@@ -17,24 +17,24 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anthropic
 import msgspec
 
 from events import Usage
+from services.agent.pacing import next_turn
 
 log = logging.getLogger("eventbot.agent.model")
 
 # Roughly what the tokenizer gives for English; used only when a stream ends
 # before the API reported the output count (cancel, error mid-stream).
 CHARS_PER_OUTPUT_TOKEN = 4
-# Stream events parsed between two yields to the event loop. Events that arrived
-# together (a fast model, a slow loop) are parsed without suspending: one answer's
-# burst (~0.1 ms each in the SDK) would hold up every other conversation's hot path
-# and first send. About a millisecond of parsing, then the others get a turn.
-EVENTS_PER_SLICE = 8
+# Parsing between two yields to the event loop. Events that arrived together (a
+# fast model, a slow loop) are parsed without suspending: one answer's burst (~0.1 ms
+# each in the SDK) would hold up every other conversation's hot path and first send.
+SLICE_S = 0.0005
 THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 
@@ -140,17 +140,24 @@ async def stream_answer(
     retry: RetryPolicy,
     on_retry: Callable[[str], None] = lambda cause: None,
     clock: Callable[[], float] = time.perf_counter,
+    pace: Callable[[], Awaitable[None]] = next_turn,
 ) -> None:
-    """Stream one answer into ``progress``, calling ``on_delta`` per text delta; raises :class:`ModelError`."""
+    """Stream one answer into ``progress``, calling ``on_delta`` per text delta; raises :class:`ModelError`.
+
+    ``pace`` is awaited after every ``SLICE_S`` of parsing: the agent passes its
+    :class:`~services.agent.pacing.BackgroundGate`, so a burst of stream events waits
+    behind other conversations' urgent work instead of before it.
+    """
     while True:
         progress.attempts += 1
         try:
             async with _open(client, params) as stream:
-                parsed = 0
+                slice_began = time.perf_counter()
                 async for event in stream:
-                    parsed += 1
-                    if parsed % EVENTS_PER_SLICE == 0:
-                        await asyncio.sleep(0)
+                    if time.perf_counter() - slice_began >= SLICE_S:
+                        # Up to its first text an answer is urgent work itself: it only yields a turn.
+                        await (pace() if progress.deltas else asyncio.sleep(0))
+                        slice_began = time.perf_counter()
                     if event.type == "message_start":
                         progress.message_id = event.message.id
                         u = event.message.usage

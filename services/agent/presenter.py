@@ -24,6 +24,7 @@ from aiogram.types import Message, ReplyParameters
 from eventbot.tasks import cancel_and_wait
 from services.agent.formatting import is_entity_error, markdown_to_html
 from services.agent.limiter import ChatLimiter, Skipped
+from services.agent.pacing import next_turn
 from services.agent.splitting import TELEGRAM_LIMIT, split_text
 
 log = logging.getLogger("eventbot.agent.presenter")
@@ -49,8 +50,13 @@ class Presenter:
         typing_grace_s: float = 0.25,
         limit: int = TELEGRAM_LIMIT,
         clock: Callable[[], float] = time.perf_counter,
+        pace: Callable[[], Awaitable[None]] = next_turn,
+        on_first_shown: Callable[[], None] = lambda: None,
     ) -> None:
         self.bot = bot
+        # Awaited before each update after the first: those are background work (see pacing.py).
+        self.pace = pace
+        self.on_first_shown = on_first_shown
         self.limiter = limiter
         self.target = target
         self.interval_s = interval_s
@@ -124,6 +130,7 @@ class Presenter:
             pause = max(self._next_at - self.clock(), self.limiter.cooling_down())
             if pause > 0:
                 await asyncio.sleep(pause)  # more text may arrive meanwhile: it goes out together
+            await self.pace()
             # Its own task, so stopping the pump never cuts a send in half (a message
             # sent but not recorded would be sent again by finish()).
             flushing = self._flushing = asyncio.create_task(self._flush())
@@ -141,8 +148,7 @@ class Presenter:
             if self.limiter.cooling_down():
                 self._changed.set()  # flood control: the pump retries once the chat reopens
             return
-        if self.first_sent_at is None:
-            self.first_sent_at = self.clock()
+        self._shown()
         self._next_at = self.clock() + self.interval_s
 
     async def _draft(self, index: int, chunk: str) -> None:
@@ -179,10 +185,14 @@ class Presenter:
         else:
             sent = await self.limiter.essential(("final", t.draft_id, index), chunk, lambda: self._send_new(index, chunk))
             assert sent is not None  # a fresh target has no previous text
-            if self.first_sent_at is None:
-                self.first_sent_at = self.clock()
+            self._shown()
             self.message_ids[index:index] = [sent.message_id]
         self._finalised = index + 1
+
+    def _shown(self) -> None:
+        if self.first_sent_at is None:
+            self.first_sent_at = self.clock()
+            self.on_first_shown()
 
     async def _send_new(self, index: int, chunk: str) -> Message:
         t = self.target

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from uuid import UUID
 
@@ -19,6 +20,7 @@ from eventbot.appender import Appender
 from eventbot.errors import StoreUnavailable
 from eventbot.ids import derived_id
 from events import TokenStreamed
+from services.agent.pacing import next_turn
 
 log = logging.getLogger("eventbot.agent.tokens")
 
@@ -26,9 +28,10 @@ log = logging.getLogger("eventbot.agent.tokens")
 class TokenSink:
     def __init__(
         self, appender: Appender, response_id: UUID, partition_key: str, attempt: int, at: datetime, *, batch: bool = True,
-        correlation_id: str | None = None,
+        correlation_id: str | None = None, pace: Callable[[], Awaitable[None]] = next_turn,
     ) -> None:
         self.appender = appender
+        self.pace = pace  # awaited before each append: the events are background work (see pacing.py)
         self.response_id = response_id
         self.partition_key = partition_key
         self.attempt = attempt
@@ -52,6 +55,7 @@ class TokenSink:
 
     async def _flush(self) -> None:
         while self._pending:
+            await self.pace()
             deltas, self._pending = self._pending, []
             groups = ["".join(deltas)] if self.batch else deltas
             events = []
