@@ -226,13 +226,14 @@ class Run:
              for r in records if r["text"] in self.appended_at),
             reverse=True,
         )
+        run_began = min(self.appended_at.values(), default=0.0)
         windows = windows[:max(1, round(len(windows) * slowest))]
         waited, busy = [], []
         for wall, t0, t1 in windows:
             w, cpu = spent(turns, t0, t1)
             waited.append(w / wall)
             busy.append(cpu / wall)
-            print(f"# slow hot path {wall * 1000:.1f} ms: the agent's loop waited {w * 1000:.1f} ms for I/O "
+            print(f"# slow hot path {wall * 1000:.1f} ms, {t0 - run_began:.1f} s into the run: the agent's loop waited {w * 1000:.1f} ms for I/O "
                   f"and used {cpu * 1000:.1f} ms of CPU (the rest: waiting for a core)")
         share = f"slowest {slowest:.0%} of hot paths"
         return [
