@@ -47,6 +47,16 @@ async def test_retries_are_bounded_and_only_before_the_first_delta(fake: FakeAnt
     assert retried == ["overloaded", "connection"] and progress.attempts == 3 and progress.text == ""
 
 
+async def test_the_caller_hears_when_the_model_accepted_the_request(fake: FakeAnthropic) -> None:
+    # The agent's urgency lapses there: the wait for the first token is the model's, not ours to hurry.
+    fake.fail_next(Fault("http_529"))
+    progress, opened = Progress(), []
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0) as client:
+        await stream_answer(client, params(), progress, lambda d: None, retry=FAST,
+                            on_open=lambda: opened.append((progress.attempts, progress.deltas)))
+    assert opened == [(2, 0)]  # not for the refused attempt; before any delta of the accepted one
+
+
 async def test_a_drop_after_text_is_not_retried_and_keeps_the_partial(fake: FakeAnthropic) -> None:
     fake.fail_next(Fault("drop", after_deltas=3))
     progress, seen = Progress(), []

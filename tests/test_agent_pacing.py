@@ -1,4 +1,5 @@
-"""The agent's background work gives way to urgent work: one slice per loop turn, none while urgent."""
+"""The agent's background work gives way to urgent work: one slice per loop turn, none while urgent,
+and neither kind can hold the other back for long."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ async def test_background_work_runs_one_slice_per_loop_turn() -> None:
 
 
 async def test_urgent_work_goes_first_and_background_work_resumes_when_it_ends() -> None:
-    gate, ran = BackgroundGate(max_park_s=60), []
+    gate, ran = BackgroundGate(max_park_s=60, max_urgent_s=60), []
     with LoopTurns() as turns:
         urgent = gate.urgent()
         workers = asyncio.gather(*(background_worker(gate, 3, ran, name, turns) for name in "ab"))
@@ -84,22 +85,59 @@ async def test_a_busy_hot_path_is_not_slowed_by_a_burst_of_background_slices() -
         assert len(slices_run) == 8 * 40  # all of the background work got done in the end
         return during
 
-    gate = BackgroundGate(max_park_s=60)
+    gate = BackgroundGate(max_park_s=60, max_urgent_s=60)
     assert await slices_during_hot_path(next_turn, None) >= 8 * 10  # plain yields: every stream, every await
     assert await slices_during_hot_path(gate.turn, gate) <= 1
 
 
 async def test_background_work_parked_by_endless_urgent_work_still_runs() -> None:
-    gate, ran = BackgroundGate(max_park_s=0.005), []
+    gate, ran = BackgroundGate(max_park_s=0.005, max_urgent_s=60), []
     with LoopTurns() as turns:
-        urgent = gate.urgent()  # never ends during the test: a steady stream of messages
-        await asyncio.wait_for(asyncio.gather(*(background_worker(gate, 3, ran, name, turns) for name in "ab")), 10)
+        urgents = [gate.urgent()]  # a steady stream of messages: always one urgent
+
+        async def more_urgent_work() -> None:
+            while True:
+                urgents.append(gate.urgent())
+                urgents.pop(0).end()
+                await asyncio.sleep(0.001)
+
+        arrivals = asyncio.create_task(more_urgent_work())
+        await asyncio.wait_for(asyncio.gather(*(background_worker(gate, 20, ran, name, turns) for name in "ab")), 10)
+        arrivals.cancel()
+    assert len(ran) == 40
+    # After each full park it runs freely for a while (slices in back-to-back turns), not one slice per park.
+    at_turn = [turn for _, turn in ran]
+    assert min(b - a for a, b in zip(at_turn, at_turn[1:])) <= 2, at_turn
+
+
+async def test_urgency_lapses_by_itself_and_renews() -> None:
+    """Waiting for a real model's first token takes seconds: an answer that started and then
+    waits must not hold the others' background work back all that time."""
+    gate, ran = BackgroundGate(max_park_s=60, max_urgent_s=0.05), []
+    with LoopTurns() as turns:
+        urgent = gate.urgent()  # never ended: the answer is waiting for the model
+        await asyncio.wait_for(background_worker(gate, 3, ran, "a", turns), 10)
+        assert len(ran) == 3
+        urgent.renew()  # its first delta: urgent again
+        worker = asyncio.create_task(background_worker(gate, 1, ran, "b", turns))
+        for _ in range(20):
+            await next_turn()
+        assert len(ran) == 3, "background work ran while the renewed urgency held"
+        await asyncio.wait_for(worker, 10)  # ...until it lapsed again
+        urgent.renew()
+        urgent.lapse()  # waiting on something slow now: the others go on at once, not at its expiry
+        worker = asyncio.create_task(background_worker(gate, 1, ran, "c", turns))
+        for _ in range(20):
+            await next_turn()
+        assert worker.done() and len(ran) == 5
         urgent.end()
-    assert len(ran) == 6
+        urgent.renew()  # ended is final
+        await asyncio.wait_for(background_worker(gate, 2, ran, "d", turns), 10)
+    assert len(ran) == 7
 
 
 async def test_a_waiter_cancelled_at_the_gate_does_not_hold_up_the_others() -> None:
-    gate, ran = BackgroundGate(), []
+    gate, ran = BackgroundGate(max_urgent_s=60), []
     with LoopTurns() as turns:
         urgent = gate.urgent()
         cancelled = asyncio.create_task(gate.turn())

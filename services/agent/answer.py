@@ -143,7 +143,8 @@ class Answerer:
             chat_id=last.chat_id, topic_id=last.topic_id, private=last.chat_type == "private",
             reply_to=last.message_id, draft_id=rid.int % (2**31 - 1) + 1,
         )
-        # Urgent until the user sees the first text: other answers' background work waits.
+        # Urgent on the way to the model, and again from the first delta until the user sees
+        # the first text (tens of ms at most each time): other answers' background work waits.
         urgent = self._background.urgent()
         presenter = Presenter(
             self.bot, self.limiters.for_chat(last.chat_id), target,
@@ -205,7 +206,9 @@ class Answerer:
         began = time.perf_counter()
         self.metrics.active.inc()
         try:
-            outcome, failure = await self._stream(request.params(hold.max_tokens), progress, presenter, sink, cancel, started_event)
+            outcome, failure = await self._stream(
+                request.params(hold.max_tokens), progress, presenter, sink, cancel, started_event, urgent,
+            )
         finally:
             self.metrics.active.dec()
             urgent.end()  # shown or not, what is left of the answer is background work
@@ -254,9 +257,11 @@ class Answerer:
 
     async def _stream(
         self, params: dict, progress: Progress, presenter: Presenter, sink: TokenSink, cancel: Cancel,
-        started_event: ResponseStarted,
+        started_event: ResponseStarted, urgent: Urgent,
     ) -> tuple[str, ModelError | None]:
         def on_delta(delta: str) -> None:
+            if progress.deltas == 1:
+                urgent.renew()  # the wait for the model is over: urgent again until the first text is shown
             sink.add(delta)
             presenter.update(progress.text)
 
@@ -268,6 +273,7 @@ class Answerer:
         streaming = asyncio.create_task(stream_answer(
             self.claude, params, progress, on_delta, retry=self.config.retry,
             on_retry=lambda cause: self.metrics.retries.labels(cause).inc(), pace=self._background.turn,
+            on_open=urgent.lapse,  # the request is at the model: its first token is not ours to hurry
         ))
         # Recorded while the model is being called (the request goes out first):
         # nothing needs it before the first token, and the terminal event waits for it.

@@ -141,17 +141,20 @@ async def stream_answer(
     on_retry: Callable[[str], None] = lambda cause: None,
     clock: Callable[[], float] = time.perf_counter,
     pace: Callable[[], Awaitable[None]] = next_turn,
+    on_open: Callable[[], None] = lambda: None,
 ) -> None:
     """Stream one answer into ``progress``, calling ``on_delta`` per text delta; raises :class:`ModelError`.
 
     ``pace`` is awaited after every ``SLICE_S`` of parsing: the agent passes its
     :class:`~services.agent.pacing.BackgroundGate`, so a burst of stream events waits
-    behind other conversations' urgent work instead of before it.
+    behind other conversations' urgent work instead of before it. ``on_open`` is
+    called when the model has accepted the request (the stream's headers arrived).
     """
     while True:
         progress.attempts += 1
         try:
             async with _open(client, params) as stream:
+                on_open()
                 slice_began = time.perf_counter()
                 async for event in stream:
                     if time.perf_counter() - slice_began >= SLICE_S:

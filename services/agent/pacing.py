@@ -10,8 +10,16 @@ waited for all of them at every one of its awaits.
 
 Background work awaits :meth:`BackgroundGate.turn` before each slice (about half a
 millisecond of work). The gate lets one waiter through per loop turn, and none while
-urgent work is in flight (an answer from its start until its first text is shown),
-for at most ``max_park_s`` at a time, so background work is delayed, never starved.
+urgent work is in flight. Both kinds are bounded, so that neither starves the other:
+
+- urgent work is urgent for ``max_urgent_s`` at most at a time: an answer from its
+  start until the model accepted the request, and again from its first delta until
+  its first text is shown. Waiting for a real model's first token takes seconds:
+  that wait is not urgent, and must not hold the other answers back;
+- background work is parked ``max_park_s`` at most; then it runs, one slice per turn,
+  for a quarter of that before urgent work can park it anew. (As long again cost the
+  gate most of its effect under bursts, in ``bench.agent``.)
+
 With nothing urgent, background slices run back to back, one loop turn apart.
 """
 
@@ -27,29 +35,54 @@ async def next_turn() -> None:
 
 
 class Urgent:
-    """One piece of urgent work in flight; ``end()`` it (idempotent) when it is done."""
+    """One piece of urgent work: holds background work back until it ends or expires.
+
+    ``lapse()`` ends it for now (its work waits on something slow, a model's first
+    token); ``renew()`` makes it urgent again for another ``max_urgent_s`` (its work
+    resumed); ``end()`` is final. All three are idempotent.
+    """
 
     def __init__(self, gate: BackgroundGate) -> None:
-        self._gate: BackgroundGate | None = gate
+        self._gate = gate
+        self._expiry: asyncio.TimerHandle | None = None
+        self._ended = False
+        self.renew()
+
+    def renew(self) -> None:
+        if self._ended:
+            return
+        if self._expiry is None:
+            self._gate._urgent += 1
+        else:
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(self._gate.max_urgent_s, self.lapse)
 
     def end(self) -> None:
-        if self._gate is not None:
-            gate, self._gate = self._gate, None
-            gate._urgent_ended()
+        self._ended = True
+        self.lapse()
+
+    def lapse(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+            self._gate._urgent_ended()
 
 
 class BackgroundGate:
-    def __init__(self, max_park_s: float = 0.02) -> None:
+    def __init__(self, max_park_s: float = 0.02, max_urgent_s: float = 0.03) -> None:
         self.max_park_s = max_park_s
+        self.max_urgent_s = max_urgent_s
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._urgent = 0
         self._release_scheduled = False
         self._parked_since: float | None = None
         self._park_timer: asyncio.TimerHandle | None = None
+        # After a full park background work runs a quarter as long regardless: it gets a
+        # fifth of the loop's turns at least, however much urgent work keeps coming.
+        self._unparkable_until = 0.0
 
     def urgent(self) -> Urgent:
-        """Hold background work back until the returned :class:`Urgent` ends (or ``max_park_s`` passes)."""
-        self._urgent += 1
+        """Urgent work begins: background work waits until it ends (or expires, or waited too long)."""
         return Urgent(self)
 
     async def turn(self) -> None:
@@ -77,8 +110,8 @@ class BackgroundGate:
 
     def _release_one(self) -> None:
         self._release_scheduled = False
-        if self._urgent:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self._urgent and loop.time() >= self._unparkable_until:
             if self._parked_since is None:
                 self._parked_since = loop.time()
             self._park_timer = loop.call_at(self._parked_since + self.max_park_s, self._parked_long_enough)
@@ -86,10 +119,9 @@ class BackgroundGate:
         self._release_next()
 
     def _parked_long_enough(self) -> None:
-        # Urgent work has held background work back for max_park_s: one slice goes now,
-        # then the next waits again, so a steady stream of messages cannot starve answers.
         self._park_timer = None
         self._parked_since = None
+        self._unparkable_until = asyncio.get_running_loop().time() + self.max_park_s / 4
         self._release_next()
 
     def _release_next(self) -> None:
