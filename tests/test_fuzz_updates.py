@@ -49,7 +49,9 @@ BOT_USERNAME = "eventbot_test_bot"
 
 ints = st.one_of(st.integers(-(2**31), 2**31), st.sampled_from([0, -1, 1, 2**53, -(2**53), 2**63 - 1, -(2**63)]))
 short_text = st.text(max_size=12)
-json_scalar = st.none() | st.booleans() | ints | st.floats(allow_nan=False) | short_text
+# JSON has no NaN or Infinity: Python's json.dumps writes them anyway, Telegram never does, and
+# the webhook's strict parser answers such a body 400 (while pydantic's lenient one reads an update).
+json_scalar = st.none() | st.booleans() | ints | st.floats(allow_nan=False, allow_infinity=False) | short_text
 json_value = st.recursive(
     json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(short_text, inner, max_size=3), max_leaves=6
 )
