@@ -52,7 +52,7 @@ class Urgent:
         if self._ended:
             return
         if self._expiry is None:
-            self._gate._urgent += 1
+            self._gate._urgent_began()
         else:
             self._expiry.cancel()
         self._expiry = asyncio.get_running_loop().call_later(self._gate.max_urgent_s, self.lapse)
@@ -93,6 +93,9 @@ class BackgroundGate:
         # Cancelled while waiting: the slot is done, so a release skips it. Cancelled
         # after its release: that turn's slot goes unused, which costs one turn, no more.
         await slot
+
+    def _urgent_began(self) -> None:
+        self._urgent += 1
 
     def _urgent_ended(self) -> None:
         self._urgent -= 1
