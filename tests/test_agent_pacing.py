@@ -113,7 +113,7 @@ async def test_background_work_parked_by_endless_urgent_work_still_runs() -> Non
 async def test_urgency_lapses_by_itself_and_renews() -> None:
     """Waiting for a real model's first token takes seconds: an answer that started and then
     waits must not hold the others' background work back all that time."""
-    gate, ran = BackgroundGate(max_park_s=60, max_urgent_s=0.05), []
+    gate, ran = BackgroundGate(max_park_s=60, max_urgent_s=0.2), []
     with LoopTurns() as turns:
         urgent = gate.urgent()  # never ended: the answer is waiting for the model
         await asyncio.wait_for(background_worker(gate, 3, ran, "a", turns), 10)

@@ -159,7 +159,7 @@ async def stream_answer(
                 async for event in stream:
                     if time.perf_counter() - slice_began >= SLICE_S:
                         # Up to its first text an answer is urgent work itself: it only yields a turn.
-                        await (pace() if progress.deltas else asyncio.sleep(0))
+                        await (pace() if progress.deltas else next_turn())
                         slice_began = time.perf_counter()
                     if event.type == "message_start":
                         progress.message_id = event.message.id
