@@ -47,7 +47,7 @@ from services.agent.files import FileSource
 from services.agent.holds import InsufficientBalance, plan_hold
 from services.agent.limiter import Limiters
 from services.agent.metrics import AgentMetrics
-from services.agent.model import ModelError, Progress, stream_answer, stream_models
+from services.agent.model import ModelError, Progress, stream_answer
 from services.agent.pacing import BackgroundGate, Urgent
 from services.agent.presenter import Presenter, Target
 from services.agent.request import build_request
@@ -126,7 +126,6 @@ class Answerer:
         self.files = files
         self.metrics = metrics
         self._started_here: OrderedDict[UUID, None] = OrderedDict()
-        self._stream_models = stream_models()  # kept built for the answerer's life (see stream_models)
         # Every answer's background work goes through one gate, so that none of it delays a
         # message on its way to the model or an answer's first text (see pacing.py).
         self._background = BackgroundGate()

@@ -25,6 +25,7 @@ import msgspec
 
 from events import Usage
 from services.agent.pacing import next_turn
+from services.agent.sse import StreamError, StreamUsage, stream_events
 
 log = logging.getLogger("eventbot.agent.model")
 
@@ -32,23 +33,10 @@ log = logging.getLogger("eventbot.agent.model")
 # before the API reported the output count (cancel, error mid-stream).
 CHARS_PER_OUTPUT_TOKEN = 4
 # Parsing between two yields to the event loop. Events that arrived together (a
-# fast model, a slow loop) are parsed without suspending: one answer's burst (~0.1 ms
-# each in the SDK) would hold up every other conversation's hot path and first send.
+# fast model, a slow loop) would otherwise be parsed without suspending: one answer's
+# burst would hold up every other conversation's hot path and first send.
 SLICE_S = 0.0005
 THINKING_BLOCKS = ("thinking", "redacted_thinking")
-
-
-def stream_models() -> tuple[type, ...]:
-    """The generic models the SDK parametrises on every streamed answer; hold them while streaming.
-
-    Its stream accumulator casts to ``ParsedMessage[ResponseFormatT]`` at each
-    ``message_start``, and pydantic (2.12 and later) caches parametrised generics
-    only weakly: after a garbage collection the next answer rebuilt the model
-    (about 3 ms of CPU, seen in the agent's profile). Holding one keeps it built.
-    """
-    from anthropic.types.parsed_message import ParsedMessage, ResponseFormatT
-
-    return (ParsedMessage[ResponseFormatT],)
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,18 +105,24 @@ def classify(error: BaseException) -> ModelError:
     if isinstance(error, anthropic.APIStatusError):
         body = error.body if isinstance(error.body, dict) else {}
         kind = (body.get("error") or {}).get("type") if isinstance(body.get("error"), dict) else None
-        if error.status_code == 429 or kind == "rate_limit_error":
-            return ModelError("rate_limited", True)
-        if error.status_code == 529 or kind == "overloaded_error":
-            return ModelError("overloaded", True)
-        if error.status_code >= 500 or kind == "api_error":
-            return ModelError(f"server_error_{error.status_code}", True)
-        return ModelError(kind or f"http_{error.status_code}", False)
+        return _by_status(error.status_code, kind)
+    if isinstance(error, StreamError):
+        return _by_status(200, error.kind)  # the stream had begun: its status was 200
     if isinstance(error, (anthropic.APIConnectionError, anthropic.APITimeoutError)):
         return ModelError("connection", True)
     if isinstance(error, (OSError, asyncio.TimeoutError)) or type(error).__module__.startswith(("httpx", "httpcore")):
         return ModelError("connection", True)  # the SDK lets a cut mid-body through as the transport's error
     return ModelError(type(error).__name__, False)
+
+
+def _by_status(status: int, kind: str | None) -> ModelError:
+    if status == 429 or kind == "rate_limit_error":
+        return ModelError("rate_limited", True)
+    if status == 529 or kind == "overloaded_error":
+        return ModelError("overloaded", True)
+    if status >= 500 or kind == "api_error":
+        return ModelError(f"server_error_{status}", True)
+    return ModelError(kind or f"http_{status}", False)
 
 
 async def stream_answer(
@@ -156,40 +150,44 @@ async def stream_answer(
             async with _open(client, params) as stream:
                 on_open()
                 slice_began = time.perf_counter()
-                async for event in stream:
+                async for event in stream_events(stream.response):
                     if time.perf_counter() - slice_began >= SLICE_S:
                         # Up to its first text an answer is urgent work itself: it only yields a turn.
                         await (pace() if progress.deltas else next_turn())
                         slice_began = time.perf_counter()
-                    if event.type == "message_start":
+                    kind, delta = event.type, event.delta
+                    if kind == "message_start" and event.message is not None:
                         progress.message_id = event.message.id
                         u = event.message.usage
                         progress._input = Usage(
-                            input_tokens=u.input_tokens,
+                            input_tokens=u.input_tokens or 0,
                             cache_read_tokens=u.cache_read_input_tokens or 0,
                             cache_write_tokens=u.cache_creation_input_tokens or 0,
                         )
-                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    elif kind == "content_block_delta" and delta is not None and delta.type == "text_delta":
                         first = progress.first_token_at is None
                         if first:
                             progress.first_token_at = clock()
-                        progress.text += event.delta.text
+                        progress.text += delta.text
                         progress.deltas += 1
-                        on_delta(event.delta.text)
+                        on_delta(delta.text)
                         if first:
                             # Let the presenter send the first text now: buffered deltas would
                             # otherwise be parsed without a yield, and the user waits for them.
                             await asyncio.sleep(0)
-                    elif event.type == "content_block_start" and event.content_block.type in THINKING_BLOCKS:
-                        progress.thinking = True
-                    elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
-                        progress.thinking_chars += len(event.delta.thinking)
-                    elif event.type == "message_delta":
-                        _final_usage(progress, event.usage)
-                        progress.stop_reason = event.delta.stop_reason
+                    elif kind == "content_block_start" and event.content_block is not None:
+                        progress.thinking = progress.thinking or event.content_block.type in THINKING_BLOCKS
+                    elif kind == "content_block_delta" and delta is not None and delta.type == "thinking_delta":
+                        progress.thinking_chars += len(delta.thinking)
+                    elif kind == "message_delta":
+                        if event.usage is not None:
+                            _final_usage(progress, event.usage)
+                        progress.stop_reason = delta.stop_reason if delta is not None else None
             return
         except anthropic.APIStatusError as e:
             failure, pause = classify(e), _retry_after(e)
+        except StreamError as e:
+            failure, pause = classify(e), None
         except (anthropic.APIConnectionError, OSError, asyncio.TimeoutError) as e:
             failure, pause = classify(e), None
         except Exception as e:  # noqa: BLE001 - transport errors of the SDK's HTTP stack
@@ -224,7 +222,7 @@ def _log_warning_once(model: str, category: str, message: str) -> None:
     log.warning("Anthropic SDK %s for model %s: %s", category, model, message)
 
 
-def _final_usage(progress: Progress, u: Any) -> None:
+def _final_usage(progress: Progress, u: StreamUsage) -> None:
     # message_delta usage is cumulative; input counts appear there on newer API versions only.
     progress._output_tokens = u.output_tokens
     if u.input_tokens is not None:
