@@ -1,6 +1,6 @@
 """Agent hot path: 200 concurrent conversations through a real agent process and both fakes.
 
-    .venv/bin/python -m bench.agent [--conversations 200] [--turns 3] [--think 4] [--agents 1] [--private-redis] [--json FILE]
+    .venv/bin/python -m bench.agent [--conversations 200] [--turns 3] [--think 4] [--agents 1] [--pin] [--private-redis] [--json FILE]
     .venv/bin/python -m bench.agent --tokens     # token events: one per delta vs batched
 
 The agent and the read-model projector run as processes of their own, as in
@@ -25,6 +25,11 @@ sequential Redis round trips plus one bare HTTP POST to the fake model; for (b)
 one bare ``sendMessageDraft`` through aiogram to the fake Bot API. Timestamps
 are ``time.perf_counter()`` (CLOCK_MONOTONIC: comparable across the two processes).
 Uses REDIS_URL or 127.0.0.1:6379 under a namespace of its own, deleted afterwards.
+
+``--pin`` leaves CPU 0 to the agent process and puts this process, the fakes and the
+projector on the other CPUs (Redis, a service, stays where the system puts it): on a
+2-core machine the default placement makes the agent wait for a core behind the
+fakes and the users, which are not its own costs.
 """
 
 from __future__ import annotations
@@ -388,19 +393,22 @@ async def token_events(url: str, answers: int = 200, deltas: int = 50) -> list[F
     return figures
 
 
-async def main(conversations: int, turns: int, think_s: float, json_path: str | None, private_redis: bool, agents: int = 1) -> None:
+async def main(
+    conversations: int, turns: int, think_s: float, json_path: str | None, private_redis: bool, agents: int = 1, pin: bool = False,
+) -> None:
     logging.getLogger("aiogram").setLevel(logging.WARNING)
     if private_redis:
         # A redis-server of this run's own: others' load on a shared one would be measured as ours.
         server = LocalRedis(Path(tempfile.mkdtemp(prefix="bench-agent-redis-")))
         try:
-            return await _main(server.start(), conversations, turns, think_s, json_path, agents)
+            return await _main(server.start(), conversations, turns, think_s, json_path, agents, pin)
         finally:
             server.stop()
-    await _main(redis_url(), conversations, turns, think_s, json_path, agents)
+    await _main(redis_url(), conversations, turns, think_s, json_path, agents, pin)
 
 
-async def _main(url: str, conversations: int, turns: int, think_s: float, json_path: str | None, agents: int) -> None:
+async def _main(url: str, conversations: int, turns: int, think_s: float, json_path: str | None, agents: int, pin: bool) -> None:
+    agent_cpus = _pin_others() if pin else None  # before the fakes and the projector start: they inherit it
     redis = redis_client(url)  # a blocking pool: 200 users at once queue for connections instead of failing
     run = Run(redis, url, conversations, turns)
     await run.telegram.start()
@@ -412,6 +420,8 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
     projector = subprocess.Popen([sys.executable, "-m", "bench.agent", "--projector"], cwd=ROOT, env=run.agent_env(""))
     # More than one: the group's instances share the partitions, as `--scale agent=N` would.
     children = [subprocess.Popen([sys.executable, "-m", "bench.agent", "--child"], cwd=ROOT, env=run.agent_env(out)) for out in outs]
+    for child in children if agent_cpus else ():
+        os.sched_setaffinity(child.pid, agent_cpus)
     try:
         await run.conversation(users[-1], 0.0)  # warm-up: imports, connections, caches of the agent process
         await run.balanced(agents)
@@ -477,6 +487,17 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         # What bounds the rest on this machine: CPU the agent process spent per answer (startup included).
         Figure("agent process CPU per answer", counted["cpu_s"] / max(1, answered) * ms, "ms"),
     ], json_path)
+
+
+def _pin_others() -> set[int]:
+    """This process (and the children it starts from now on) off CPU 0, which is left to the agent:
+    how a latency-critical service is placed on a small machine. Redis, a service, is not moved."""
+    cpus = os.sched_getaffinity(0)
+    if 0 not in cpus or len(cpus) < 2:
+        raise SystemExit("--pin needs CPU 0 and at least one other")
+    os.sched_setaffinity(0, cpus - {0})
+    print(f"# pinned: the agent on CPU 0; users, fakes and projector on CPUs {sorted(cpus - {0})}")
+    return {0}
 
 
 def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -647,6 +668,7 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--tokens", action="store_true", help="only compare token events per delta vs batched")
     parser.add_argument("--agents", type=int, default=1, help="agent processes in the group (default 1)")
+    parser.add_argument("--pin", action="store_true", help="the agent alone on CPU 0, the rest on the other CPUs (Linux)")
     parser.add_argument("--private-redis", action="store_true", help="start a redis-server for this run only")
     parser.add_argument("--think", type=float, default=4.0, help="seconds a user takes between an answer and the next message")
     parser.add_argument("--json", dest="json_path")
@@ -663,4 +685,4 @@ if __name__ == "__main__":
     elif args.tokens:
         emit(asyncio.run(token_events(redis_url())), args.json_path)
     else:
-        asyncio.run(main(args.conversations, args.turns, args.think, args.json_path, args.private_redis, args.agents))
+        asyncio.run(main(args.conversations, args.turns, args.think, args.json_path, args.private_redis, args.agents, args.pin))
