@@ -427,10 +427,13 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         await run.balanced(agents)
         run.telegram._calls.clear(), run.appended_at.clear()
         started = time.perf_counter()
+        cpu_before = {"agent": sum(map(cpu_seconds, children)), "builder": cpu_seconds(projector)}
         loaded_a: dict[str, float] = {}
         probe = asyncio.create_task(raw_under_load(run, loaded_a))
         await asyncio.gather(*(run.conversation(u, think_s) for u in users[:-1]))
         elapsed = time.perf_counter() - started
+        cpu_during = {"agent": sum(map(cpu_seconds, children)) - cpu_before["agent"],
+                      "builder": cpu_seconds(projector) - cpu_before["builder"]}
         await cancel_and_wait(probe)
         raw_a, limit_b = await raw_limits(run)
     finally:
@@ -486,6 +489,8 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
         *breakdown,
         # What bounds the rest on this machine: CPU the agent process spent per answer (startup included).
         Figure("agent process CPU per answer", counted["cpu_s"] / max(1, answered) * ms, "ms"),
+        Figure("agent process CPU per answer, during the run", cpu_during["agent"] / max(1, answered) * ms, "ms"),
+        Figure("read-model builder process CPU per answer, during the run", cpu_during["builder"] / max(1, answered) * ms, "ms"),
     ], json_path)
 
 
@@ -498,6 +503,12 @@ def _pin_others() -> set[int]:
     os.sched_setaffinity(0, cpus - {0})
     print(f"# pinned: the agent on CPU 0; users, fakes and projector on CPUs {sorted(cpus - {0})}")
     return {0}
+
+
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """CPU (user + system) a child has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
