@@ -288,3 +288,42 @@ async def test_the_builder_survives_a_script_flush(redis: Redis, keys: Keys, cod
         assert await reader.wait_applied(second.stream, second.entry_id, timeout=10)
     ctx = await reader.context(44, None, 44)
     assert [t.text for t in ctx.history] == ["before the flush", "after the flush"]
+
+
+async def _applied(builder: ReadModelBuilder, appender: Appender, event: Any) -> Any:
+    at = await appender.append(event)
+    assert await builder.apply(at.stream, [(at.entry_id, event)]) == 1
+    return at
+
+
+async def test_a_batch_is_two_round_trips_once_the_builder_knows_the_generation(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender,
+) -> None:
+    counting = CountingRedis(redis)
+    builder = ReadModelBuilder(counting, keys, Limits(history_turns=5), StreamLog(redis, keys, codec))  # type: ignore[arg-type]
+    trips = []
+    for text in ("one", "two", "three"):
+        before = counting.round_trips
+        await _applied(builder, appender, message(45, text))
+        trips.append(counting.round_trips - before)
+    assert trips[1:] == [2, 2], trips  # read (the pointer with it) and write
+
+
+async def test_the_builder_writes_where_the_pointer_points_at_each_batch(
+    redis: Redis, keys: Keys, codec: EventCodec, appender: Appender,
+) -> None:
+    rm = ReadModelKeys(keys)
+    builder = _builder(redis, keys, codec)
+    first = await _applied(builder, appender, message(46, "one"))  # generation 1, now known to the builder
+    partition = keys.partition_of(chat_key(46))
+    await redis.hset(rm.pointer, "next", 2)  # a replay began: profiles go to both generations
+    seen = UserSeen(event_id=new_event_id(), occurred_at=now(), partition_key=chat_key(46), chat_id=46, user_id=46, first_name="Ann")
+    await _applied(builder, appender, seen)
+    assert await redis.exists(rm.user_profile(1, 46)) and await redis.exists(rm.user_profile(2, 46))
+    await redis.hset(rm.pointer, "live", 2)  # ...and switched
+    await redis.hdel(rm.pointer, "next")
+    last = await _applied(builder, appender, message(46, "two"))
+    assert (await redis.hget(rm.position(2, partition), last.stream)) == last.entry_id.encode()
+    assert (await redis.hget(rm.position(1, partition), first.stream)) != last.entry_id.encode()
+    ctx = await RedisReadModels(redis, keys, Limits(history_turns=5)).context(46, None, 46)
+    assert [t.text for t in ctx.history] == ["one", "two"]  # generation 2, filled from the log first

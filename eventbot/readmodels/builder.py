@@ -3,7 +3,9 @@
 One batch is two round trips: read (the pointer, the partition's applied
 position, the entry before the batch, the keys it touches) and write (one
 script that checks the position is still the one read, writes the keys and
-moves the position; plus the order-free profile writes). When the applied
+moves the position; plus the order-free profile writes). The read is built for
+the generations the pointer named last time; if it names others now (a replay
+began or switched), the batch is read again for them. When the applied
 position is behind the entry before the batch (a new or lost generation, a
 switch), the gap is filled from the log first, through the same path.
 """
@@ -40,6 +42,7 @@ class ReadModelBuilder:
         self.log = log
         self._apply = ReadModelScript("apply")
         self._profile = ReadModelScript("profile")
+        self._generations: tuple[int, int | None] | None = None  # (live, next) as last read
 
     async def live_generation(self) -> tuple[int, int | None]:
         """(live, next) generations; creates generation 1 on a fresh (or flushed) Redis."""
@@ -47,7 +50,9 @@ class ReadModelBuilder:
         if raw[0] is None:
             await self.redis.hsetnx(self.rm.pointer, "live", 1)
             raw = await self.redis.hmget(self.rm.pointer, "live", "next")
-        return int(raw[0]), (int(raw[1]) if raw[1] is not None else None)
+        generations = _generations(raw)
+        assert generations is not None
+        return generations
 
     async def apply(self, stream: str, entries: Sequence[Entry], *, gen: int | None = None) -> int:
         """Apply ``entries`` (consecutive, in stream order) to ``gen`` (default: the live one).
@@ -70,19 +75,29 @@ class ReadModelBuilder:
     async def _apply_once(self, stream: str, entries: Sequence[Entry], gen: int | None, check_gap: bool) -> int:
         if not entries:
             return 0
-        live, nxt = await self.live_generation()
+        generations = self._generations if gen is None else (gen, None)
+        if generations is None:
+            generations = self._generations = await self.live_generation()  # creates generation 1 on a fresh Redis
+        live, nxt = generations
         target = gen if gen is not None else live
         profile_gens = [target] if gen is not None else [g for g in (live, nxt) if g is not None]
         partition = int(stream.rsplit("{", 1)[1].rstrip("}"))
         refs = list(dict.fromkeys(r for _, e in entries for r in key_refs(e)))
         pos_key = self.rm.position(target, partition)
         pipe = self.redis.pipeline(transaction=False)
+        if gen is None:
+            pipe.hmget(self.rm.pointer, "live", "next")
         pipe.hget(pos_key, stream)
         if check_gap:
             pipe.xrevrange(stream, f"({entries[0][0]}", "-", count=1)
         for ref in refs:
             pipe.get(self._key(target, ref))
         replies = await pipe.execute()
+        if gen is None:
+            pointer, replies = replies[0], replies[1:]
+            if _generations(pointer) != (live, nxt):
+                self._generations = None  # read afresh, and the batch read for those generations
+                raise PositionMoved("the generation pointer moved")
         applied_raw, before, values = replies[0], replies[1] if check_gap else None, replies[1 + check_gap:]
         applied = Position.parse(applied_raw.decode()) if applied_raw else None
         if check_gap:
@@ -155,3 +170,10 @@ class ReadModelBuilder:
         if kind == "chat":
             return self.rm.chat(gen, ref[1])
         return self.rm.response(gen, ref[1], ref[2])
+
+
+def _generations(raw: Sequence[bytes | None]) -> tuple[int, int | None] | None:
+    """(live, next) from the pointer's fields; None when there is no pointer (a flushed Redis)."""
+    if raw[0] is None:
+        return None
+    return int(raw[0]), (int(raw[1]) if raw[1] is not None else None)
