@@ -420,8 +420,9 @@ async def _main(url: str, conversations: int, turns: int, think_s: float, json_p
     projector = subprocess.Popen([sys.executable, "-m", "bench.agent", "--projector"], cwd=ROOT, env=run.agent_env(""))
     # More than one: the group's instances share the partitions, as `--scale agent=N` would.
     children = [subprocess.Popen([sys.executable, "-m", "bench.agent", "--child"], cwd=ROOT, env=run.agent_env(out)) for out in outs]
-    for child in children if agent_cpus else ():
-        os.sched_setaffinity(child.pid, agent_cpus)
+    if agent_cpus:
+        for child in children:
+            os.sched_setaffinity(child.pid, agent_cpus)
     try:
         await run.conversation(users[-1], 0.0)  # warm-up: imports, connections, caches of the agent process
         await run.balanced(agents)

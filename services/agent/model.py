@@ -175,8 +175,8 @@ async def stream_answer(
                             # Let the presenter send the first text now: buffered deltas would
                             # otherwise be parsed without a yield, and the user waits for them.
                             await asyncio.sleep(0)
-                    elif kind == "content_block_start" and event.content_block is not None:
-                        progress.thinking = progress.thinking or event.content_block.type in THINKING_BLOCKS
+                    elif kind == "content_block_start" and event.content_block is not None and event.content_block.type in THINKING_BLOCKS:
+                        progress.thinking = True
                     elif kind == "content_block_delta" and delta is not None and delta.type == "thinking_delta":
                         progress.thinking_chars += len(delta.thinking)
                     elif kind == "message_delta":
