@@ -12,10 +12,11 @@ the hold is found and reused, and the one charge is made once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Literal
 from uuid import UUID
@@ -31,7 +32,6 @@ from eventbot.errors import StoreUnavailable, TransientError
 from eventbot.ids import derived_id
 from eventbot.keys import Keys
 from eventbot.readmodels.positions import Position
-from eventbot.tasks import cancel_and_wait
 from eventbot.views import ReadModels
 from events import (
     EventCodec,
@@ -80,11 +80,36 @@ class Cancel:
     def __init__(self) -> None:
         self.reason: CancelReason | None = None
         self.event = asyncio.Event()
+        self._interrupted: asyncio.Task[object] | None = None
 
     def set(self, reason: CancelReason) -> None:
         if self.reason is None:
             self.reason = reason
             self.event.set()
+            if self._interrupted is not None:
+                self._interrupted.cancel()
+
+    @contextlib.contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """Inside, ``set()`` cancels the current task, and the cancellation ends at the block's edge.
+
+        The answer calls the model in its own task, not in one it waits on beside this
+        cancel's event: a task of its own would start a loop turn later, behind whatever
+        else is ready (under a burst, the p99 of "hold -> model called"). ``set()`` is
+        only called from other tasks, so the cancellation always lands at an ``await``
+        inside the block. Any other cancellation (the agent stopping) goes on through:
+        ``uncancel()`` tells them apart by the count of requests.
+        """
+        task = asyncio.current_task()
+        assert task is not None and self._interrupted is None
+        self._interrupted = task
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self.reason is None or task.uncancel() > 0:
+                raise
+        finally:
+            self._interrupted = None
 
 
 def response_id_for(message: MessageReceived) -> UUID:
@@ -269,31 +294,29 @@ class Answerer:
             # takeover): nothing is asked of the model; the answer ends as stopped, at no cost.
             await self.appender.append(started_event)
             return cancel.reason, None
-        streaming = asyncio.create_task(stream_answer(
-            self.claude, params, progress, on_delta, retry=self.config.retry,
-            on_retry=lambda cause: self.metrics.retries.labels(cause).inc(), pace=self._background.turn,
-            on_open=urgent.lapse,  # the request is at the model: its first token is not ours to hurry
-        ))
         # Recorded while the model is being called (the request goes out first):
         # nothing needs it before the first token, and the terminal event waits for it.
         started = asyncio.create_task(self.appender.append(started_event))
-        cancelled = asyncio.create_task(cancel.event.wait())
+        outcome: tuple[str, ModelError | None] | None = None
         try:
-            await asyncio.wait({streaming, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            with cancel.interrupting():
+                await stream_answer(
+                    self.claude, params, progress, on_delta, retry=self.config.retry,
+                    on_retry=lambda cause: self.metrics.retries.labels(cause).inc(), pace=self._background.turn,
+                    on_open=urgent.lapse,  # the request is at the model: its first token is not ours to hurry
+                )
+                outcome = ("completed", None)
+        except ModelError as e:
+            log.warning("model call failed: %s (retryable=%s, attempts=%d)", e.cause, e.retryable, progress.attempts)
+            outcome = ("failed", e)
         finally:
-            cancelled.cancel()
-            # Our own cancellation (the agent stopping) must get through this wait, not be swallowed by it.
-            await cancel_and_wait(streaming)
-            await started
-        if cancel.reason is not None and not (streaming.done() and not streaming.cancelled() and streaming.exception() is None):
+            # Even when the agent stops: the append is not left behind unawaited.
+            await asyncio.wait({started})
+        started.result()
+        if outcome is None:  # interrupted by /stop or a newer message
+            assert cancel.reason is not None
             return cancel.reason, None
-        error = streaming.exception()
-        if error is None:
-            return "completed", None
-        if not isinstance(error, ModelError):
-            raise error
-        log.warning("model call failed: %s (retryable=%s, attempts=%d)", error.cause, error.retryable, progress.attempts)
-        return "failed", error
+        return outcome
 
     async def _record_end(self, event: ResponseCompleted | ResponseFailed | ResponseCancelled) -> None:
         """Append an answer's terminal event (the user may already have the answer), waiting out a Redis outage.
