@@ -130,3 +130,65 @@ async def test_typing_until_the_first_text(bot: Bot, telegram: FakeTelegram) -> 
     await asyncio.sleep(0.1)
     assert len(telegram.calls("sendChatAction")) == typed
     await p.close()
+
+
+async def test_a_group_answer_records_each_message_it_starts(bot: Bot, telegram: FakeTelegram) -> None:
+    started: list[tuple[int, int]] = []
+    target = Target(chat_id=GROUP.id, private=False, reply_to=1, draft_id=7)
+    p = Presenter(bot, ChatLimiter(), target, interval_s=0.0, limit=100,
+                  on_message_started=lambda index, message_id: started.append((index, message_id)))
+    p.update("First part of the answer.")
+    await telegram.wait_for(lambda: len(telegram.messages(GROUP.id)) == 1)
+    ids = await p.finish("First part of the answer. " + "Then a long second part that goes on. " * 4)
+    assert len(ids) >= 2 and started == list(enumerate(ids))
+
+
+async def test_a_private_answer_records_nothing(bot: Bot, telegram: FakeTelegram) -> None:
+    started: list[tuple[int, int]] = []
+    target = Target(chat_id=USER.id, private=True, draft_id=7)
+    p = Presenter(bot, ChatLimiter(), target, interval_s=0.0,
+                  on_message_started=lambda index, message_id: started.append((index, message_id)))
+    p.update("a draft")
+    await p.finish("a draft, then the answer")
+    assert started == [] and telegram.texts(USER.id) == ["a draft, then the answer"]
+
+
+async def dead_agents_messages(bot: Bot, *texts: str) -> list[int]:
+    """What an agent killed mid-answer left in the group: its messages, as they were."""
+    return [(await bot.send_message(GROUP.id, text)).message_id for text in texts]
+
+
+async def test_a_takeover_goes_on_in_the_message_its_dead_agent_started(bot: Bot, telegram: FakeTelegram) -> None:
+    [left] = await dead_agents_messages(bot, "The answer so f")
+    p = presenter(bot, private=False, interval_s=0.0)
+    p.continue_in([left])
+    p.update("The answer")
+    await asyncio.sleep(0.05)
+    ids = await p.finish("The answer, whole.")
+    assert ids == (left,)
+    assert telegram.texts(GROUP.id) == ["The answer, whole."]  # one message: no stale partial beside a copy
+    assert len(telegram.calls("sendMessage")) == 1  # the dead agent's only
+
+
+async def test_a_takeover_whose_final_edit_had_landed_sends_nothing_more(bot: Bot, telegram: FakeTelegram) -> None:
+    """Killed after Telegram applied the final edit, before the answer's end was recorded."""
+    [left] = await dead_agents_messages(bot, "Done.")
+    p = presenter(bot, private=False)
+    p.continue_in([left])
+    assert await p.finish("Done.") == (left,)
+    assert telegram.texts(GROUP.id) == ["Done."] and len(telegram.calls("sendMessage")) == 1
+
+
+async def test_a_takeover_with_a_shorter_answer_deletes_the_dead_agents_extra_message(bot: Bot, telegram: FakeTelegram) -> None:
+    left = await dead_agents_messages(bot, "part one", "part two")
+    p = presenter(bot, private=False)
+    p.continue_in(left)
+    assert await p.finish("all in one") == (left[0],)
+    assert telegram.texts(GROUP.id) == ["all in one"]
+
+
+async def test_a_private_takeover_starts_afresh(bot: Bot, telegram: FakeTelegram) -> None:
+    p = presenter(bot, private=True)
+    p.continue_in([12345])  # a private chat's drafts are gone with their agent: nothing to edit
+    ids = await p.finish("hello")
+    assert telegram.texts(USER.id) == ["hello"] and ids == (telegram.messages(USER.id)[0].message_id,)

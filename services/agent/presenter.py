@@ -6,6 +6,8 @@ get ``sendMessageDraft`` (an animated, ephemeral preview) and the final text as
 real messages; other chats get a message that is edited as the answer grows.
 Past 4096 characters the answer continues in a new message, and the finished
 part is finalised at once. A typing action runs until the first text is shown.
+An agent taking an answer over goes on in the messages its dead agent started
+(``continue_in``), so a group never keeps a stale half answer beside a copy.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 from aiogram import Bot
@@ -52,11 +54,14 @@ class Presenter:
         clock: Callable[[], float] = time.perf_counter,
         pace: Callable[[], Awaitable[None]] = next_turn,
         on_first_shown: Callable[[], None] = lambda: None,
+        on_message_started: Callable[[int, int], None] = lambda index, message_id: None,
     ) -> None:
         self.bot = bot
         # Awaited before each update after the first: those are background work (see pacing.py).
         self.pace = pace
         self.on_first_shown = on_first_shown
+        # Outside private chats: (chunk index, message id) of each message this answer starts.
+        self.on_message_started = on_message_started
         self.limiter = limiter
         self.target = target
         self.interval_s = interval_s
@@ -80,6 +85,15 @@ class Presenter:
         if self._typing is None:
             self._typing = asyncio.create_task(self._typing_loop())
 
+    def continue_in(self, message_ids: Sequence[int]) -> None:
+        """A takeover: the messages a dead agent started for this answer are edited, not sent again.
+
+        Only outside private chats (a private chat's drafts are gone with their agent).
+        Called before the first update.
+        """
+        if not self.target.private:
+            self.message_ids = list(message_ids)
+
     def update(self, text: str) -> None:
         """The answer so far; shown at once if nothing was shown yet, else at the next interval."""
         self._text = text
@@ -98,15 +112,18 @@ class Presenter:
         chunks = split_text(text, self.limit) if text.strip() else []
         for i, chunk in enumerate(chunks):
             await self._finalise(i, chunk)
+        if not self.target.private:
+            # A takeover's answer can come out shorter than what its dead agent had started.
+            await self._delete(self.message_ids[len(chunks) :])
+            del self.message_ids[len(chunks) :]
         return tuple(self.message_ids[: len(chunks)])
 
     async def discard(self) -> None:
         """The answer was superseded: remove what was shown of it (outside private chats)."""
         await self._stop_pump()
         self._stop_typing()
-        for message_id in self.message_ids[self._finalised :] if not self.target.private else ():
-            with contextlib.suppress(TelegramBadRequest):
-                await self.bot.delete_message(self.target.chat_id, message_id)
+        if not self.target.private:
+            await self._delete(self.message_ids[self._finalised :])
         self.message_ids = self.message_ids[: self._finalised]
 
     async def close(self) -> None:
@@ -161,15 +178,12 @@ class Presenter:
             )
         elif index < len(self.message_ids):
             message_id = self.message_ids[index]
-            await self.limiter.draft(
-                message_id, chunk,
-                lambda: self._formatted(chunk, lambda text, mode: self.bot.edit_message_text(
-                    text=text, chat_id=t.chat_id, message_id=message_id, parse_mode=mode)),
-            )
+            await self.limiter.draft(message_id, chunk, lambda: self._edit(message_id, chunk))
         else:
             sent = await self.limiter.draft(("new", index), chunk, lambda: self._send_new(index, chunk))
             self.message_ids.append(sent.message_id)
             self.limiter.forget(("new", index))
+            self.on_message_started(index, sent.message_id)
 
     async def _finalise(self, index: int, chunk: str) -> None:
         t = self.target
@@ -177,16 +191,14 @@ class Presenter:
             return
         if not t.private and index < len(self.message_ids):
             message_id = self.message_ids[index]
-            await self.limiter.essential(
-                message_id, chunk,
-                lambda: self._formatted(chunk, lambda text, mode: self.bot.edit_message_text(
-                    text=text, chat_id=t.chat_id, message_id=message_id, parse_mode=mode)),
-            )
+            await self.limiter.essential(message_id, chunk, lambda: self._edit(message_id, chunk))
         else:
             sent = await self.limiter.essential(("final", t.draft_id, index), chunk, lambda: self._send_new(index, chunk))
             assert sent is not None  # a fresh target has no previous text
             self._shown()
             self.message_ids[index:index] = [sent.message_id]
+            if not t.private:
+                self.on_message_started(index, sent.message_id)
         self._finalised = index + 1
 
     def _shown(self) -> None:
@@ -203,6 +215,21 @@ class Presenter:
         )
         return await self._formatted(chunk, lambda text, mode: self.bot.send_message(
             t.chat_id, text, message_thread_id=t.topic_id, parse_mode=mode, reply_parameters=reply))
+
+    async def _edit(self, message_id: int, chunk: str) -> None:
+        """Edit a message of this answer to ``chunk``; one that shows it already (a takeover's) is done."""
+        t = self.target
+        try:
+            await self._formatted(chunk, lambda text, mode: self.bot.edit_message_text(
+                text=text, chat_id=t.chat_id, message_id=message_id, parse_mode=mode))
+        except TelegramBadRequest as e:
+            if "message is not modified" not in e.message:
+                raise
+
+    async def _delete(self, message_ids: Sequence[int]) -> None:
+        for message_id in message_ids:
+            with contextlib.suppress(TelegramBadRequest):  # deleted by the chat already
+                await self.bot.delete_message(self.target.chat_id, message_id)
 
     async def _formatted(self, chunk: str, call: Callable[[str, str | None], Awaitable[object]]):  # type: ignore[no-untyped-def]
         """Send as HTML; if Telegram rejects the markup, send the same text plain."""
