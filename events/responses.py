@@ -30,6 +30,20 @@ class ResponseStarted(ConvEvent, frozen=True, kw_only=True, tag="response.starte
     attempt: int = 1
 
 
+class ResponseShown(ConvEvent, frozen=True, kw_only=True, tag="response.shown"):
+    """A Telegram message of a response's streamed text was started (outside private chats).
+
+    A group's answer streams in a real message that is edited as it grows and
+    becomes the final text. An agent taking the response over edits that same
+    message instead of sending a second one next to a stale partial answer.
+    """
+
+    response_id: UUID
+    user_id: int
+    index: int  # the chunk of the answer (past 4096 characters it goes on in a new message)
+    telegram_message_id: int
+
+
 class ResponseCompleted(ConvEvent, frozen=True, kw_only=True, tag="response.completed"):
     """v2: usage became a structure with cache tokens (v1 had two flat counts)."""
 

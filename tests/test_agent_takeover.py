@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from eventbot.fakes.telegram import TgUser
+from eventbot.fakes.telegram import TgChat, TgUser
 from events import BalanceCharged, BalanceReleased, BalanceReserved
 from tests.agent_world import World
 
 ADA = TgUser(id=3001, first_name="Ada")
+GROUP = TgChat.group(-3002)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,6 +87,41 @@ async def test_killed_agent_is_taken_over_with_one_answer_and_one_charge(world: 
     assert charges[1].hold_settled + sum(r.amount for r in releases) == holds[1].amount
     head = await world.ledger.head(ADA.id)
     assert head.held == 0 and head.balance == 10**7 - charges[0].amount - charges[1].amount
+
+
+@pytest.mark.slow
+async def test_in_a_group_the_takeover_finishes_the_message_the_killed_agent_was_streaming(world: World) -> None:
+    """A group's answer streams in a real message: the takeover edits it, the chat never shows a stale half answer."""
+    await world.credit(ADA, 10**7)
+    world.claude.answer_chars, world.claude.delta_chars, world.claude.delta_delay_s = 900, 30, 0.2
+    child = agent_process(world)
+    try:
+        asked = await world.says(ADA, "streamed slowly in a group", chat=GROUP)
+        await world.telegram.wait_for(lambda: any(len(m.history) >= 2 for m in world.replies(GROUP.id)), timeout=30)
+        [shown] = await world.wait_events(GROUP.id, "response.shown", timeout=10)
+        assert len(world.claude.deltas_of(0)) < 30  # killed mid-generation
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    [streaming] = world.replies(GROUP.id)
+    assert shown.telegram_message_id == streaming.message_id and shown.index == 0
+    assert 0 < len(streaming.text) < 900  # what the chat showed when the agent died: half an answer
+
+    world.claude.delta_delay_s = 0
+    await world.start_agent(world.settings(models=("claude-haiku-4-5",), default_model="claude-haiku-4-5"))
+    [completed] = await world.wait_events(GROUP.id, "response.completed", timeout=60)
+    await asyncio.sleep(0.3)  # anything duplicated would arrive now
+
+    [message] = world.replies(GROUP.id)  # the same message, now the whole answer: nothing else in the chat
+    assert message.message_id == streaming.message_id and message.reply_to_message_id == asked.message_id
+    assert message.text == completed.text and len(completed.text) == 900
+    assert completed.telegram_message_ids == (streaming.message_id,)
+    assert len(world.telegram.calls("sendMessage")) == 1 and len(world.claude.requests) == 2
+    charges = [e for e in await world.ledger_events(ADA.id) if isinstance(e, BalanceCharged)]
+    assert [c.charge_id for c in charges] == [completed.response_id]
 
 
 async def test_failing_after_the_answer_was_recorded_settles_without_answering_again(world: World, monkeypatch) -> None:

@@ -51,6 +51,7 @@ from services.agent.model import ModelError, Progress, stream_answer
 from services.agent.pacing import BackgroundGate, Urgent
 from services.agent.presenter import Presenter, Target
 from services.agent.request import build_request
+from services.agent.shown import ShownRecorder, shown_messages
 from services.agent.tokens import TokenSink
 
 log = logging.getLogger("eventbot.agent")
@@ -170,19 +171,24 @@ class Answerer:
         # Urgent on the way to the model, and again from the first delta until the user sees
         # the first text (tens of ms at most each time): other answers' background work waits.
         urgent = self._background.urgent()
+        shown = ShownRecorder(self.appender, rid, last)
         presenter = Presenter(
             self.bot, self.limiters.for_chat(last.chat_id), target,
             interval_s=self.config.draft_interval_s, typing_interval_s=self.config.typing_interval_s,
-            pace=self._background.turn, on_first_shown=urgent.end,
+            pace=self._background.turn, on_first_shown=urgent.end, on_message_started=shown.started,
         )
         presenter.start_typing()
         try:
-            if retry and await self._already_answered(rid, last):
-                return False
+            if retry:
+                if await self._already_answered(rid, last):
+                    return False
+                if not target.private:
+                    presenter.continue_in(await shown_messages(self.redis, self.keys, self.codec, rid, last))
             return await self._answer(jobs, rid, retry, presenter, cancel, urgent)
         finally:
             urgent.end()
             await presenter.close()
+            await shown.flush()
 
     async def _answer(
         self, jobs: Sequence[Job], rid: UUID, retry: bool, presenter: Presenter, cancel: Cancel, urgent: Urgent,
