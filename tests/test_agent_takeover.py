@@ -8,10 +8,12 @@ streaming the second answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,11 +46,21 @@ def agent_process(world: World) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "eventbot.cli", "run", "agent"], cwd=ROOT, env=env)
 
 
+@contextlib.contextmanager
+def agent_killed_at_the_end(world: World) -> Iterator[subprocess.Popen[bytes]]:
+    """A real agent process, SIGKILLed when the block ends: no shutdown, its answer in flight left as it is."""
+    child = agent_process(world)
+    try:
+        yield child
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+
+
 @pytest.mark.slow
 async def test_killed_agent_is_taken_over_with_one_answer_and_one_charge(world: World) -> None:
     await world.credit(ADA, 10**7)
-    child = agent_process(world)
-    try:
+    with agent_killed_at_the_end(world):
         await world.says(ADA, "first, to a process without DATABASE_URL")
         [first] = await world.wait_events(ADA.id, "response.completed", timeout=60)
         assert world.replies(ADA.id)[0].text == first.text
@@ -58,12 +70,6 @@ async def test_killed_agent_is_taken_over_with_one_answer_and_one_charge(world: 
         await world.says(ADA, "second, streamed slowly")
         await world.telegram.wait_for(lambda: len(world.telegram.drafts(ADA.id)) >= 2, timeout=30)
         assert len(world.claude.deltas_of(1)) < 30  # killed mid-generation
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
 
     world.claude.delta_delay_s = 0
     await world.start_agent(world.settings(models=("claude-haiku-4-5",), default_model="claude-haiku-4-5"))
@@ -94,18 +100,11 @@ async def test_in_a_group_the_takeover_finishes_the_message_the_killed_agent_was
     """A group's answer streams in a real message: the takeover edits it, the chat never shows a stale half answer."""
     await world.credit(ADA, 10**7)
     world.claude.answer_chars, world.claude.delta_chars, world.claude.delta_delay_s = 900, 30, 0.2
-    child = agent_process(world)
-    try:
+    with agent_killed_at_the_end(world):
         asked = await world.says(ADA, "streamed slowly in a group", chat=GROUP)
         await world.telegram.wait_for(lambda: any(len(m.history) >= 2 for m in world.replies(GROUP.id)), timeout=30)
         [shown] = await world.wait_events(GROUP.id, "response.shown", timeout=10)
         assert len(world.claude.deltas_of(0)) < 30  # killed mid-generation
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
     [streaming] = world.replies(GROUP.id)
     assert shown.telegram_message_id == streaming.message_id and shown.index == 0
     assert 0 < len(streaming.text) < 900  # what the chat showed when the agent died: half an answer
