@@ -20,7 +20,7 @@ from uuid import UUID
 from redis.asyncio import Redis
 
 from eventbot.appender import Appender
-from eventbot.errors import StoreUnavailable
+from eventbot.errors import TransientError
 from eventbot.ids import derived_id
 from eventbot.keys import Keys
 from events import EventCodec, MessageReceived, ResponseShown
@@ -74,5 +74,5 @@ class ShownRecorder:
     async def _append(self, event: ResponseShown) -> None:
         try:
             await self.appender.append(event)
-        except StoreUnavailable:
-            log.warning("a started message of an answer was not recorded (Redis unavailable)")
+        except TransientError as e:  # Redis out, say: a takeover would send a new message, as without it
+            log.warning("a started message of an answer was not recorded: %s", type(e).__name__)
