@@ -147,6 +147,15 @@ class World:
         await self.appender.append_many(events)
         return events[-1]
 
+    async def settled(self, user: TgUser, timeout: float = 15.0) -> None:
+        """Until every hold of ``user`` is charged or released: settling follows an answer's terminal
+        event, so right after that event the ledger may not have the charge yet."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (await self.ledger.head(user.id)).held:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"user {user.id} still has money held after {timeout}s")
+            await asyncio.sleep(0.02)
+
     def replies(self, chat_id: int) -> list[SentMessage]:
         return self.telegram.messages(chat_id)
 

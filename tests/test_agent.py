@@ -68,7 +68,7 @@ async def test_billing_charges_price_table_times_reported_usage(world: World) ->
     await world.start_agent()
     await world.says(ADA, "price me")
     [completed] = await world.wait_events(ADA.id, "response.completed")
-    await asyncio.sleep(0.2)
+    await world.settled(ADA)
     ledger = await world.ledger_events(ADA.id)
     [hold] = [e for e in ledger if isinstance(e, BalanceReserved)]
     [charge] = [e for e in ledger if isinstance(e, BalanceCharged)]
@@ -105,7 +105,7 @@ async def test_a_model_that_thinks_first_shows_only_its_answer_and_bills_the_thi
     [request] = world.claude.requests
     assert world.replies(ADA.id)[-1].text == completed.text == answer_text(request.body, world.claude.answer_chars)
     assert completed.usage.output_tokens == 400 // 4 + -(-len(completed.text) // 4)
-    await asyncio.sleep(0.2)
+    await world.settled(ADA)
     [charge] = [e for e in await world.ledger_events(ADA.id) if isinstance(e, BalanceCharged)]
     assert charge.output_tokens == completed.usage.output_tokens and charge.amount == completed.cost
 
@@ -131,7 +131,7 @@ async def test_a_message_during_an_answer_restarts_it_with_both(world: World) ->
     assert cancelled.reason == "superseded" and cancelled.response_id != completed.response_id
     assert world.claude.requests[-1].texts() == ["first thought", "second thought"]
     assert [m.text for m in world.replies(ADA.id)] == [completed.text]  # one answer shown for both
-    await asyncio.sleep(0.1)
+    await world.settled(ADA)
     ledger = await world.ledger_events(ADA.id)
     charged = {e.charge_id: e.amount for e in ledger if isinstance(e, BalanceCharged)}
     assert charged == {cancelled.response_id: cancelled.cost, completed.response_id: completed.cost}  # what each produced

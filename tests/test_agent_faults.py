@@ -13,6 +13,7 @@ from events import BalanceCharged, BalanceReleased, BalanceReserved, Usage
 from services.agent.answer import CUT_OFF, STOPPED, TOP_UP
 from services.agent.pricing import DEFAULT_PRICES
 from tests.agent_world import World, forbid_postgres
+from tests.waiting import eventually
 
 ADA = TgUser(id=2001, first_name="Ada")
 HAIKU = DEFAULT_PRICES.price("claude-haiku-4-5")
@@ -64,7 +65,7 @@ async def test_stop_keeps_the_partial_text_charges_what_was_produced_and_release
     assert 10 * 20 <= len(cancelled.partial_text) < 3000
     [message] = world.replies(ADA.id)
     assert message.text == cancelled.partial_text + STOPPED
-    await asyncio.sleep(0.1)
+    await world.settled(ADA)
     ledger = await world.ledger_events(ADA.id)
     [hold], [charge], [release] = of(ledger, BalanceReserved), of(ledger, BalanceCharged), of(ledger, BalanceReleased)
     produced = math.ceil(len(cancelled.partial_text) / 4)
@@ -91,7 +92,7 @@ async def test_stop_while_the_model_thinks_charges_the_call_and_shows_no_text(wo
     assert world.claude.deltas_of(0) == [], "stopped before any text, as intended"
     assert cancelled.reason == "stop" and cancelled.partial_text == ""
     assert cancelled.usage.input_tokens > 0 and (cancelled.usage.output_tokens > 0) == shown
-    await asyncio.sleep(0.1)
+    await world.settled(ADA)
     ledger = await world.ledger_events(ADA.id)
     [hold], [charge], [release] = of(ledger, BalanceReserved), of(ledger, BalanceCharged), of(ledger, BalanceReleased)
     assert charge.amount == cancelled.cost == DEFAULT_PRICES.cost("claude-haiku-4-5", cancelled.usage) > 0
@@ -110,7 +111,7 @@ async def test_a_message_and_its_stop_read_together_end_stopped_with_no_call_and
     [started] = [e for e in await world.conv_events(ADA.id) if e.type_name() == "response.started"]
     assert started.message_ids == (message.message_id,) and started.response_id == cancelled.response_id
     assert world.claude.requests == []
-    await asyncio.sleep(0.1)
+    await world.settled(ADA)
     ledger = await world.ledger_events(ADA.id)
     [hold], [release] = of(ledger, BalanceReserved), of(ledger, BalanceReleased)
     assert release.amount == hold.amount and of(ledger, BalanceCharged) == []
@@ -147,6 +148,7 @@ async def test_a_short_balance_lowers_max_tokens_and_never_overdraws_beyond_the_
     await world.says(ADA, "go on at length")
     [completed] = await world.wait_events(ADA.id, "response.completed")
     [started] = await world.wait_events(ADA.id, "response.started")
+    await world.settled(ADA)
     ledger = await world.ledger_events(ADA.id)
     [hold], [charge] = of(ledger, BalanceReserved), of(ledger, BalanceCharged)
     assert started.max_tokens < 2048 and completed.stop_reason == "max_tokens"
@@ -182,6 +184,7 @@ async def test_529_before_the_first_token_is_retried_and_answered(world: World) 
     retries = {s.labels["cause"]: s.value for m in world.registry.collect() if m.name == "bot_model_retries"
                for s in m.samples if s.name == "bot_model_retries_total"}
     assert retries == {"overloaded": 1.0, "rate_limited": 1.0}
+    await world.settled(ADA)
     ledger = await world.ledger_events(ADA.id)
     assert len(of(ledger, BalanceReserved)) == len(of(ledger, BalanceCharged)) == 1
 
@@ -197,7 +200,7 @@ async def test_error_mid_stream_ends_with_a_note_and_a_fair_charge(world: World)
     assert failed.partial_text == partial and len(world.claude.deltas_of(0)) == 4
     assert [m.text for m in world.replies(ADA.id)] == [partial + CUT_OFF]
     assert len(world.claude.requests) == 1  # not retried: the user had seen text already
-    await asyncio.sleep(0.1)
+    await world.settled(ADA)
     ledger = await world.ledger_events(ADA.id)
     [hold], [charge], [release] = of(ledger, BalanceReserved), of(ledger, BalanceCharged), of(ledger, BalanceReleased)
     assert charge.output_tokens == math.ceil(len(partial) / 4) and charge.input_tokens == failed.usage.input_tokens > 0
@@ -260,12 +263,12 @@ async def test_an_answer_delivered_while_redis_is_down_is_recorded_once_not_answ
     await world.start_agent()
     await world.says(ADA, "answer me through an outage")
     completed = await world.wait_events(ADA.id, "response.completed", timeout=15)
-    charged = of(await world.ledger_events(ADA.id), BalanceCharged)
+    await world.settled(ADA)
     await asyncio.sleep(0.5)  # a second answer, if one were coming, would have been asked for by now
     assert len(refused) == 4, "the terminal append was never refused: nothing was tested"
     assert len(world.claude.requests) == 1, "the message was answered a second time"
     assert len(world.replies(ADA.id)) == 1 and len(completed) == 1
-    assert len(charged) == 1
+    assert len(of(await world.ledger_events(ADA.id), BalanceCharged)) == 1
 
 
 async def test_a_message_whose_ack_was_lost_does_not_cancel_the_next_answer(
@@ -279,7 +282,6 @@ async def test_a_message_whose_ack_was_lost_does_not_cancel_the_next_answer(
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from services.agent.main import GROUP
-    from tests.waiting import eventually
 
     xack = Redis.xack
     lost: list[tuple] = []
