@@ -192,3 +192,19 @@ async def test_a_private_takeover_starts_afresh(bot: Bot, telegram: FakeTelegram
     p.continue_in([12345])  # a private chat's drafts are gone with their agent: nothing to edit
     ids = await p.finish("hello")
     assert telegram.texts(USER.id) == ["hello"] and ids == (telegram.messages(USER.id)[0].message_id,)
+
+
+async def test_a_takeover_whose_message_was_deleted_in_the_chat_sends_the_answer_anew(bot: Bot, telegram: FakeTelegram) -> None:
+    [left] = await dead_agents_messages(bot, "The answer so f")
+    await bot.delete_message(GROUP.id, left)  # by an admin, before the takeover
+    started: list[tuple[int, int]] = []
+    target = Target(chat_id=GROUP.id, private=False, reply_to=1, draft_id=7)
+    p = Presenter(bot, ChatLimiter(), target, interval_s=0.0,
+                  on_message_started=lambda index, message_id: started.append((index, message_id)))
+    p.continue_in([left])
+    p.update("The answer")
+    await asyncio.sleep(0.05)
+    p.update("The answer, wh")
+    ids = await p.finish("The answer, whole.")
+    assert telegram.texts(GROUP.id) == ["The answer, whole."] and ids[0] != left
+    assert started == [(0, ids[0])]  # the new message is recorded for a takeover after this one

@@ -178,7 +178,13 @@ class Presenter:
             )
         elif index < len(self.message_ids):
             message_id = self.message_ids[index]
-            await self.limiter.draft(message_id, chunk, lambda: self._edit(message_id, chunk))
+            try:
+                await self.limiter.draft(message_id, chunk, lambda: self._edit(message_id, chunk))
+            except TelegramBadRequest as e:
+                if not _gone(e):
+                    raise
+                self.message_ids.remove(message_id)  # deleted in the chat: the next update starts a new one
+                raise Skipped from e
         else:
             sent = await self.limiter.draft(("new", index), chunk, lambda: self._send_new(index, chunk))
             self.message_ids.append(sent.message_id)
@@ -191,14 +197,20 @@ class Presenter:
             return
         if not t.private and index < len(self.message_ids):
             message_id = self.message_ids[index]
-            await self.limiter.essential(message_id, chunk, lambda: self._edit(message_id, chunk))
-        else:
-            sent = await self.limiter.essential(("final", t.draft_id, index), chunk, lambda: self._send_new(index, chunk))
-            assert sent is not None  # a fresh target has no previous text
-            self._shown()
-            self.message_ids[index:index] = [sent.message_id]
-            if not t.private:
-                self.on_message_started(index, sent.message_id)
+            try:
+                await self.limiter.essential(message_id, chunk, lambda: self._edit(message_id, chunk))
+                self._finalised = index + 1
+                return
+            except TelegramBadRequest as e:
+                if not _gone(e):
+                    raise
+                del self.message_ids[index]  # deleted in the chat (a dead agent's, say): the text goes out anew
+        sent = await self.limiter.essential(("final", t.draft_id, index), chunk, lambda: self._send_new(index, chunk))
+        assert sent is not None  # a fresh target has no previous text
+        self._shown()
+        self.message_ids[index:index] = [sent.message_id]
+        if not t.private:
+            self.on_message_started(index, sent.message_id)
         self._finalised = index + 1
 
     def _shown(self) -> None:
@@ -262,3 +274,8 @@ class Presenter:
         if self._typing is not None:
             self._typing.cancel()
             self._typing = None
+
+
+def _gone(error: TelegramBadRequest) -> bool:
+    """The message to edit no longer exists (deleted in the chat)."""
+    return "message to edit not found" in error.message
