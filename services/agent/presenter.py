@@ -178,13 +178,9 @@ class Presenter:
             )
         elif index < len(self.message_ids):
             message_id = self.message_ids[index]
-            try:
-                await self.limiter.draft(message_id, chunk, lambda: self._edit(message_id, chunk))
-            except TelegramBadRequest as e:
-                if not _gone(e):
-                    raise
+            if not await self.limiter.draft(message_id, chunk, lambda: self._edit(message_id, chunk)):
                 self.message_ids.remove(message_id)  # deleted in the chat: the next update starts a new one
-                raise Skipped from e
+                raise Skipped
         else:
             sent = await self.limiter.draft(("new", index), chunk, lambda: self._send_new(index, chunk))
             self.message_ids.append(sent.message_id)
@@ -197,14 +193,10 @@ class Presenter:
             return
         if not t.private and index < len(self.message_ids):
             message_id = self.message_ids[index]
-            try:
-                await self.limiter.essential(message_id, chunk, lambda: self._edit(message_id, chunk))
+            if await self.limiter.essential(message_id, chunk, lambda: self._edit(message_id, chunk)):
                 self._finalised = index + 1
                 return
-            except TelegramBadRequest as e:
-                if not _gone(e):
-                    raise
-                del self.message_ids[index]  # deleted in the chat (a dead agent's, say): the text goes out anew
+            del self.message_ids[index]  # deleted in the chat (a dead agent's, say): the text goes out anew
         sent = await self.limiter.essential(("final", t.draft_id, index), chunk, lambda: self._send_new(index, chunk))
         assert sent is not None  # a fresh target has no previous text
         self._shown()
@@ -228,15 +220,21 @@ class Presenter:
         return await self._formatted(chunk, lambda text, mode: self.bot.send_message(
             t.chat_id, text, message_thread_id=t.topic_id, parse_mode=mode, reply_parameters=reply))
 
-    async def _edit(self, message_id: int, chunk: str) -> None:
-        """Edit a message of this answer to ``chunk``; one that shows it already (a takeover's) is done."""
+    async def _edit(self, message_id: int, chunk: str) -> bool:
+        """Edit a message of this answer to ``chunk``; False if it is gone (deleted in the chat).
+
+        One that shows ``chunk`` already (a takeover's, whose final edit had landed) is done.
+        """
         t = self.target
         try:
             await self._formatted(chunk, lambda text, mode: self.bot.edit_message_text(
                 text=text, chat_id=t.chat_id, message_id=message_id, parse_mode=mode))
         except TelegramBadRequest as e:
+            if "message to edit not found" in e.message:
+                return False
             if "message is not modified" not in e.message:
                 raise
+        return True
 
     async def _delete(self, message_ids: Sequence[int]) -> None:
         for message_id in message_ids:
@@ -274,8 +272,3 @@ class Presenter:
         if self._typing is not None:
             self._typing.cancel()
             self._typing = None
-
-
-def _gone(error: TelegramBadRequest) -> bool:
-    """The message to edit no longer exists (deleted in the chat)."""
-    return "message to edit not found" in error.message

@@ -34,7 +34,11 @@ def shown_event_id(response_id: UUID, index: int, message: MessageReceived) -> U
 
 
 async def shown_messages(redis: Redis, keys: Keys, codec: EventCodec, response_id: UUID, message: MessageReceived) -> list[int]:
-    """The Telegram message ids of ``response_id``'s chunks, in order, as recorded so far (a round trip each)."""
+    """The Telegram message ids of ``response_id``'s chunks, in order, as recorded so far.
+
+    Two round trips a chunk (the dedupe marker, then the entry), and one more to find the end:
+    only a takeover asks, never an answer on the hot path.
+    """
     partition = keys.partition_of(message.partition_key)
     ids: list[int] = []
     while True:
